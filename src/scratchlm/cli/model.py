@@ -1,0 +1,161 @@
+"""`scratchlm generate`, `scratchlm export hf`, `scratchlm import hf`: thin wrappers over
+`scratchlm.generate` and `scratchlm.interop.hf`.
+
+scratchlm generate --ckpt runs/demo --prompt "ROMEO:" --max-new-tokens 200 --top-k 50 --seed 1
+scratchlm generate --ckpt runs/demo --prompt "To be" --prompt "Once" --temperature 0 --stop "\\n\\n"
+scratchlm export hf --ckpt runs/demo/final --out demo-hf
+scratchlm import hf --src demo-hf --out demo-back
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from scratchlm.errors import ScratchError
+
+
+def register(subparsers) -> None:
+    g = subparsers.add_parser(
+        "generate",
+        help="sample text from a model folder (streams to the terminal)",
+        description="Continue prompts with a saved model: greedy or sampled, streamed as it comes.",
+    )
+    g.add_argument("--ckpt", required=True, help="model folder, or a run folder (uses final/ or its newest)")
+    g.add_argument(
+        "--prompt",
+        action="append",
+        metavar="TEXT",
+        help="a prompt; repeat for a batch (default: stdin if piped, else start from <|endoftext|>)",
+    )
+    g.add_argument("--max-new-tokens", type=int, default=256, help="tokens to add per prompt (default 256)")
+    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
+    g.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    g.add_argument("--top-p", type=float, default=None, help="nucleus: the smallest set with this much mass")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (CTRL)")
+    g.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
+    g.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="STR",
+        help="stop at this text (repeatable; \\n = newline)",
+    )
+    g.add_argument("--ignore-eot", action="store_true", help="do not stop at <|endoftext|>")
+    g.add_argument(
+        "--truncate",
+        choices=("left", "error"),
+        default="left",
+        help="a prompt longer than the context: cut from the left with a notice (default) or refuse",
+    )
+    g.add_argument("--no-stream", action="store_true", help="print each text when complete")
+    g.add_argument("--device", default="auto", help="auto (default) | cpu | cuda | cuda:N | mps")
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="auto: bf16 on CUDA, else fp32",
+    )
+    g.set_defaults(func=run_generate)
+
+    export = subparsers.add_parser("export", help="write a model in another ecosystem's format")
+    export_sub = export.add_subparsers(dest="format", metavar="FORMAT", required=True)
+    e = export_sub.add_parser("hf", help="a Hugging Face LlamaForCausalLM folder (config.json + safetensors)")
+    e.add_argument("--ckpt", required=True, help="model folder, or a run folder (uses final/ or its newest)")
+    e.add_argument("--out", required=True, help="the Hugging Face folder to write (replaced if present)")
+    e.set_defaults(func=run_export_hf)
+
+    imp = subparsers.add_parser("import", help="read a model from another ecosystem's format")
+    imp_sub = imp.add_subparsers(dest="format", metavar="FORMAT", required=True)
+    i = imp_sub.add_parser("hf", help="a Hugging Face Llama folder -> a scratchlm model folder")
+    i.add_argument("--src", required=True, help="Hugging Face folder with config.json and model.safetensors")
+    i.add_argument("--out", required=True, help="the scratchlm model folder to write")
+    i.add_argument(
+        "--tokenizer", help="scratchlm tokenizer folder (default: SRC/tokenizer, as export writes)"
+    )
+    i.set_defaults(func=run_import_hf)
+
+
+def _prompts(args) -> list[str]:
+    if args.prompt:
+        return args.prompt
+    if not sys.stdin.isatty():
+        return [sys.stdin.read()]
+    return [""]
+
+
+def run_generate(args) -> int:
+    import torch
+
+    from scratchlm.eval.checkpoint import resolve_model_dir
+    from scratchlm.generate import SamplingConfig, generate
+    from scratchlm.model.device import pick_device
+    from scratchlm.model.folder import load_model
+
+    config = SamplingConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        stop=[s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop],
+        stop_at_eot=not args.ignore_eot,
+        truncate=args.truncate,
+    )
+    device = pick_device(args.device)
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    model, tokenizer, _ = load_model(resolve_model_dir(args.ckpt), device=device, dtype=dtype)
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    prompts = _prompts(args)
+    out = sys.stdout
+    if len(prompts) == 1 and not args.no_stream:
+        out.write(prompts[0])
+        out.flush()
+
+        def stream(_row: int, piece: str) -> None:
+            out.write(piece)
+            out.flush()
+
+        generate(model, tokenizer, prompts, config, on_token=stream)
+        out.write("\n")
+        return 0
+    texts = generate(model, tokenizer, prompts, config)
+    for k, (prompt, text) in enumerate(zip(prompts, texts)):
+        if k:
+            out.write("\n---\n")
+        out.write(prompt + text)
+    out.write("\n")
+    return 0
+
+
+def run_export_hf(args) -> int:
+    from scratchlm.eval.checkpoint import resolve_model_dir
+    from scratchlm.interop.hf import export_hf
+    from scratchlm.model.folder import load_model
+
+    model, tokenizer, _ = load_model(resolve_model_dir(args.ckpt))
+    out = export_hf(model, args.out, tokenizer)
+    hf_tok = (
+        " + tokenizer.json" if (Path(out) / "tokenizer.json").is_file() else " (no HF tokenizer: not BPE)"
+    )
+    print(f"wrote {out} (LlamaForCausalLM: config.json, model.safetensors, tokenizer/{hf_tok})")
+    return 0
+
+
+def run_import_hf(args) -> int:
+    from scratchlm.interop.hf import import_hf
+    from scratchlm.model.folder import save_model
+    from scratchlm.tokenizer import load_tokenizer
+
+    model, tokenizer = import_hf(args.src)
+    if args.tokenizer:
+        tokenizer = load_tokenizer(args.tokenizer)
+    if tokenizer is None:
+        raise ScratchError(
+            f"{args.src} has no scratchlm tokenizer/ folder; pass --tokenizer DIR with the tokenizer to use"
+        )
+    out = save_model(args.out, model, tokenizer, extra={"imported_from": str(Path(args.src).resolve())})
+    print(f"wrote {out} ({model.num_params():,} parameters)")
+    return 0
