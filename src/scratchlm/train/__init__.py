@@ -1,0 +1,29 @@
+"""Pretraining: optimizers, schedules, the loop, checkpoints, torchrun setup, metrics and the demo.
+
+    from scratchlm.train import load_pretrain_config, pretrain
+    cfg = load_pretrain_config("configs/shakespeare-char.yaml", ["budget.max_time=150s"])
+    result = pretrain(cfg, "runs/shakespeare")  # RUN/{config.yaml, metrics.jsonl, checkpoints/, final/}
+    result = pretrain(cfg, "runs/shakespeare", resume=True)  # continue from the newest intact checkpoint
+
+Imports are lazy (PEP 562): `scratchlm.train.optim` is importable on its own without pulling in the loop.
+"""
+
+from __future__ import annotations
+
+_EXPORTS = {
+    "PretrainConfig": "scratchlm.train.config",
+    "load_pretrain_config": "scratchlm.train.config",
+    "pretrain": "scratchlm.train.loop",
+    "RunResult": "scratchlm.train.loop",
+    "run_demo": "scratchlm.train.demo",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'scratchlm.train' has no attribute {name!r}")

@@ -1,0 +1,171 @@
+"""`PretrainConfig`: everything one pretraining run needs, as typed sections a YAML recipe fills in.
+
+A recipe in `configs/` mirrors these dataclasses; any field is overridable with `--set a.b=c`; the run
+folder keeps the fully resolved copy (`config.yaml`, model section expanded to every field), so a run can
+always be reproduced from its own folder.
+
+The `model` section is a mapping rather than a `ModelConfig`, because it may name a preset and change a
+few fields of it (`{preset: llama-10m, n_layers: 6}`); `resolve_model_config` turns it into the real,
+validated `ModelConfig`. The vocabulary size always comes from the tokenizer the run prepares.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scratchlm.config import from_dict, load_config, save_config
+from scratchlm.errors import ScratchError
+from scratchlm.train.optim import OptimConfig
+from scratchlm.train.schedule import ScheduleConfig
+
+
+@dataclass
+class DataConfig:
+    """Corpus and tokenizer to train on, and how batches are cut from the shards.
+
+    `batch_size` counts sequences per optimizer step over all ranks and micro-steps together, so the same
+    recipe trains the same model under `torchrun` with any number of processes: each rank takes
+    `batch_size / (world_size * grad_accum)` sequences per micro-step.
+    """
+
+    corpus: str = "shakespeare"  # registry name, file, folder or .jsonl (scratchlm.data.load_corpus)
+    tokenizer: str = "char"  # char | bpe | path to a saved tokenizer folder
+    vocab_size: int = 4096  # bpe only: vocabulary to train
+    batch_size: int = 32
+    grad_accum: int = 1
+    mode: str = "random"  # random windows | packed (consecutive windows in order)
+    shared_cache: bool = True  # prepared shards live in the user cache, shared by runs on the same data
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0 or self.grad_accum <= 0:
+            raise ScratchError("data.batch_size and data.grad_accum must be positive")
+        if self.mode not in ("random", "packed"):
+            raise ScratchError(f"data.mode {self.mode!r} is unknown; use random or packed")
+
+
+@dataclass
+class BudgetConfig:
+    """When the run ends: the first budget reached wins (0 or "" means unset). At least one is required."""
+
+    max_steps: int = 0
+    max_tokens: int = 0
+    max_time: str = ""  # "150s", "3m", "1.5h" or plain seconds
+
+    def seconds(self) -> float:
+        return parse_duration(self.max_time) if self.max_time else 0.0
+
+    def __post_init__(self) -> None:
+        self.max_time = "" if str(self.max_time).strip() in ("", "0", "None") else str(self.max_time)
+        if self.max_time:
+            parse_duration(self.max_time)  # fail at load time, not at the end of the run
+        if self.max_steps < 0 or self.max_tokens < 0:
+            raise ScratchError("budget.max_steps and budget.max_tokens must be >= 0")
+
+
+@dataclass
+class EvalConfig:
+    """Validation every `every` optimizer steps (0: only at the end of the run)."""
+
+    every: int = 250
+    max_tokens: int = 0  # cap on validation tokens per evaluation; 0 = the whole validation split
+    sample_tokens: int = 200  # length of the generated sample shown at each evaluation (0: none)
+    sample_prompt: str = "\n"
+    temperature: float = 0.8
+
+
+@dataclass
+class LoggingConfig:
+    every: int = 10  # write a train record (and refresh the progress bar) every N steps
+    progress: bool = True
+    tensorboard: bool = True  # used only when the tensorboard package is installed
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0  # save every N steps (0: only at the end and on SIGINT/SIGTERM)
+    keep_last: int = 2
+    keep_best: bool = True  # also keep the checkpoint with the lowest validation loss
+
+    def __post_init__(self) -> None:
+        if self.keep_last < 1:
+            raise ScratchError("checkpoint.keep_last must be >= 1 (resume needs at least one checkpoint)")
+
+
+@dataclass
+class PretrainConfig:
+    model: dict = field(default_factory=dict)  # {preset: NAME, field: value, ...} -> ModelConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "bf16"  # bf16 autocast for matmuls (weights and optimizer stay fp32) | fp32
+    grad_clip: float = 1.0  # max global gradient norm (0: off)
+    compile: bool = False  # torch.compile the model
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("bf16", "fp32"):
+            raise ScratchError(f"precision {self.precision!r} is unknown; use bf16 or fp32")
+
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str | float) -> float:
+    """'150s' / '3m' / '1.5h' / '90' -> seconds."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|m|min|h)?\s*", str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise ScratchError(f"time budget {text!r} is not a duration; write e.g. 150s, 3m or 1.5h")
+    return float(m.group(1)) * _UNITS[m.group(2) or ""]
+
+
+def resolve_model_config(section: dict, vocab_size: int):
+    """The `model` section (optional preset + field overrides) -> a validated ModelConfig."""
+    from scratchlm.model import ModelConfig, get_preset
+    from scratchlm.model.config import swiglu_hidden
+
+    data = dict(section)
+    preset = data.pop("preset", None)
+    base_config = get_preset(preset) if preset else ModelConfig()
+    base = base_config.to_dict()
+    # n_kv_heads and d_ff are derived from n_heads / d_model when left unset. If the base derived them,
+    # derive them again from the overridden shape (width 256 over a width-128 base needs a new d_ff).
+    if base_config.n_kv_heads == base_config.n_heads and "n_kv_heads" not in data:
+        base["n_kv_heads"] = None
+    derived_ff = (
+        swiglu_hidden(base_config.d_model) if base_config.mlp == "swiglu" else 4 * base_config.d_model
+    )
+    if base_config.d_ff == derived_ff and "d_ff" not in data:
+        base["d_ff"] = None
+    base.update(data)
+    base["vocab_size"] = vocab_size
+    return from_dict(ModelConfig, base, prefix="model.")
+
+
+def load_pretrain_config(path: str | Path | None = None, overrides: list[str] = ()) -> PretrainConfig:
+    """Defaults <- YAML recipe <- `--set` overrides; budgets are checked here, before any work is done."""
+    cfg = load_config(PretrainConfig, path, overrides)
+    check_budget(cfg)
+    return cfg
+
+
+def check_budget(cfg: PretrainConfig) -> None:
+    b = cfg.budget
+    if not (b.max_steps or b.max_tokens or b.max_time):
+        raise ScratchError(
+            "no budget: set budget.max_steps, budget.max_tokens or budget.max_time (--max-time)"
+        )
+
+
+def save_resolved(cfg: PretrainConfig, model_config, path: str | Path) -> None:
+    """Write the config with the model section expanded to every ModelConfig field."""
+    resolved = dataclasses.replace(cfg, model=model_config.to_dict())
+    save_config(resolved, path)

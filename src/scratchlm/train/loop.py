@@ -1,0 +1,396 @@
+"""The pretraining loop: `pretrain(config, out_dir, resume=False) -> RunResult`.
+
+One optimizer step:
+    for each of grad_accum micro-batches:  logits = model(x);  loss = cross_entropy(logits, y) / grad_accum;
+                                           loss.backward()   (DDP all-reduces on the last micro-step only)
+    clip the global gradient norm;  lr = peak * schedule(step, progress);  optimizer.step()
+
+Around it: evaluation every N steps, metrics, checkpoints, budgets, signals. The model computes logits
+only; the loss is taken here. Parallelism (DDP), activation checkpointing and torch.compile are applied
+to the model from the outside, so `model/` knows nothing of them.
+
+Exact resume: every source of randomness is either a pure function of the step (the data loader) or
+saved in the checkpoint (python, numpy, torch RNGs; samples at evaluations draw from their own seeded
+generator), and the schedule is a function of the step when the budget is steps or tokens. A run resumed
+from step N therefore repeats, value for value, what the uninterrupted run did after step N (CPU; on GPU
+up to non-deterministic kernels). A time budget makes the schedule depend on the clock, so it cannot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from scratchlm.errors import ScratchError
+from scratchlm.train import checkpoint as ckpt
+from scratchlm.train import distributed
+from scratchlm.train.config import PretrainConfig, check_budget, resolve_model_config, save_resolved
+from scratchlm.train.evaluate import bits_per_byte, predicted_bytes, sample_text, validation_loss
+from scratchlm.train.metrics import MetricsLog, Progress, TensorBoard, measure_matmul_flops
+from scratchlm.train.schedule import lr_factor
+from scratchlm.train.signals import StopSignals
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    step: int
+    tokens: int
+    elapsed_s: float
+    stopped: str  # "budget" | "signal"
+    val_loss: float | None = None
+    val_bpb: float | None = None
+    sample: str = ""
+    final_dir: Path | None = None  # RUN/final, the model folder to sample from (None when stopped early)
+    checkpoint_dir: Path | None = None
+
+
+def pretrain(config: PretrainConfig, out_dir: str | Path, resume: bool = False, say=print) -> RunResult:
+    """Train `config` into the run folder `out_dir` (continuing its newest intact checkpoint if `resume`)."""
+    from scratchlm.model import pick_device
+
+    check_budget(config)
+    world = distributed.setup(pick_device(config.device))
+    try:
+        return _Run(config, Path(out_dir), world, say if world.is_main else (lambda *_: None)).train(resume)
+    finally:
+        distributed.teardown(world)
+
+
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each block's activations during backward instead of storing them (Chen et al. 2016).
+
+    Memory for activations drops from one set per layer to one per block boundary, for one more forward
+    per block. Applied by replacing each block's bound `forward` on the instance, so parameter names and
+    the model folder format stay exactly as they are.
+    """
+    for block in model.layers:
+        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+
+
+class _Run:
+    def __init__(self, cfg: PretrainConfig, run_dir: Path, world: distributed.World, say):
+        self.cfg, self.run_dir, self.world, self.say = cfg, run_dir, world, say
+        self.device = world.device
+        self.precision = "bfloat16" if cfg.precision == "bf16" else "float32"
+
+    # ---- setup ------------------------------------------------------------------------------------
+
+    def _build(self, resume: bool) -> None:
+        from scratchlm.data import TokenLoader, load_tokens
+        from scratchlm.model import Transformer, autocast_context
+        from scratchlm.train.optim import build_optimizer
+        from scratchlm.train.prepare import prepare_run_data
+
+        cfg, world = self.cfg, self.world
+        if (
+            not resume
+            and world.is_main
+            and (ckpt.list_checkpoints(self.run_dir) or self._metrics_path.exists())
+        ):
+            raise ScratchError(
+                f"{self.run_dir} already holds a run; pass --resume to continue it, or choose another --out"
+            )
+        per_rank = cfg.data.batch_size // (world.size * cfg.data.grad_accum)  # sequences per micro-step
+        if per_rank == 0 or per_rank * world.size * cfg.data.grad_accum != cfg.data.batch_size:
+            raise ScratchError(
+                f"data.batch_size {cfg.data.batch_size} is not divisible by world_size {world.size} x "
+                f"grad_accum {cfg.data.grad_accum}; change one of them"
+            )
+        if self.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 for the float32 matmuls that remain
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        shard_dir, self.tokenizer = prepare_run_data(cfg.data, self.run_dir, world, self.say)
+        self.model_config = resolve_model_config(cfg.model, self.tokenizer.vocab_size)
+        if world.is_main:
+            save_resolved(cfg, self.model_config, self.run_dir / "config.yaml")
+        self.context = self.model_config.context_length
+        self.model = Transformer(self.model_config).to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        # The loader serves a rank's whole step (all micro-batches) at once, so the tokens of a step do
+        # not depend on grad_accum or world_size: the three settings train on the same data.
+        self.micro_batch = per_rank
+        self.loader = TokenLoader(
+            shard_dir, "train", per_rank * cfg.data.grad_accum, self.context, seed=cfg.seed, rank=world.rank,
+            world_size=world.size, mode=cfg.data.mode, device=self.device,
+            expect_fingerprint=self.tokenizer.fingerprint(),
+        )  # fmt: skip
+        self.val_tokens = load_tokens(shard_dir, "val")
+        self.autocast = functools.partial(autocast_context, self.device, self.precision)
+        self.tokens_per_step = cfg.data.batch_size * self.context
+        self.step, self.tokens, self.elapsed_before, self.best_val = 0, 0, 0.0, None
+        if resume:
+            self._restore()
+        self.train_model = self._wrap(self.model)
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Activation checkpointing, then DDP, then compile: all from outside the model."""
+        if self.cfg.activation_checkpointing:
+            enable_activation_checkpointing(model)
+        if self.world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = self.ddp = DistributedDataParallel(model, device_ids=ids)
+        return torch.compile(model) if self.cfg.compile else model
+
+    def _restore(self) -> None:
+        from scratchlm.model.folder import load_model
+
+        path = ckpt.find_resumable(self.run_dir, self.say) if self.world.is_main else None
+        path = distributed.broadcast_object(str(path) if path else None, self.world)
+        if path is None:
+            self.say(f"resume: no checkpoint in {self.run_dir}; starting from step 0")
+            return
+        loaded, _, _ = load_model(path, device=self.device)
+        self.model.load_state_dict(loaded.state_dict())
+        state = ckpt.load_state(path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loader.load_state_dict(state["loader"])
+        ckpt.set_rng_states(state["rng"])
+        self.step, self.tokens = state["step"], state["tokens"]
+        self.elapsed_before, self.best_val = state["elapsed_s"], state["best_val_loss"]
+        self.say(f"resume: continuing from {Path(path).name} (step {self.step})")
+
+    @property
+    def _metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    # ---- the loop ---------------------------------------------------------------------------------
+
+    def train(self, resume: bool) -> RunResult:
+        cfg, world = self.cfg, self.world
+        self._build(resume)
+        if self.step and self._progress(self.elapsed_before) >= 1.0 and (self.run_dir / "final").is_dir():
+            self.say(
+                f"{self.run_dir} already finished its budget at step {self.step}; raise the budget to go on"
+            )
+            return RunResult(self.run_dir, self.step, self.tokens, self.elapsed_before, "budget",
+                             final_dir=self.run_dir / "final")  # fmt: skip
+        self.metrics = MetricsLog(self._metrics_path) if world.is_main else None
+        if self.metrics:
+            self.metrics.truncate_after(self.step)
+        self.tensorboard = TensorBoard(
+            self.run_dir / "tensorboard", cfg.logging.tensorboard and world.is_main
+        )
+        dtype = torch.bfloat16 if self.precision == "bfloat16" else torch.float32
+        self.peak_flops = measure_matmul_flops(self.device, dtype, seconds=0.2) * world.size
+        self.flops_per_token = self.model.flops_per_token(training=True, context_length=self.context)
+        self.progress_bar = Progress(cfg.logging.progress and world.is_main, self._progress(0.0), self.say)
+        self.start = time.perf_counter()
+        self.last_log = (self.start, self.tokens)
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        loss = torch.zeros((), device=self.device)
+        last_eval = last_save = None
+        stopped = "budget"
+        try:
+            with StopSignals() as signals:
+                while True:
+                    elapsed, interrupted = self._sync_clock(signals.received is not None)
+                    if interrupted:
+                        stopped = "signal"
+                        break
+                    if self._progress(elapsed) >= 1.0:
+                        break
+                    loss = self._train_step(self._progress(elapsed))
+                    nonfinite |= ~torch.isfinite(loss)
+                    self.step += 1
+                    self.tokens += self.tokens_per_step
+                    log_now = self.step % cfg.logging.every == 0
+                    eval_now = cfg.eval.every > 0 and self.step % cfg.eval.every == 0
+                    save_now = cfg.checkpoint.every > 0 and self.step % cfg.checkpoint.every == 0
+                    if log_now or eval_now or save_now or self.device.type == "cpu":
+                        self._check_finite(nonfinite, loss, last_save)
+                    if log_now:
+                        self._log_train(loss)
+                    if eval_now:
+                        last_eval = self._evaluate()
+                    if save_now:
+                        last_save = self._save(last_eval)
+                    if eval_now or save_now:  # tokens/s measures training, not evaluating or saving
+                        self.last_log = (time.perf_counter(), self.tokens)
+            self._check_finite(nonfinite, loss, last_save)
+            if stopped == "budget":
+                self.progress_bar.complete()
+            if stopped == "budget" and (last_eval is None or last_eval["step"] != self.step):
+                last_eval = self._evaluate()
+            if last_save is None or last_save[0] != self.step:
+                last_save = self._save(last_eval)
+            final = self._write_final() if stopped == "budget" else None
+        finally:
+            self.progress_bar.close()
+            self.tensorboard.close()
+            if self.metrics:
+                self.metrics.close()
+        if stopped == "signal":
+            self.say(
+                f"stopped by {signals.received} at step {self.step}; saved {last_save[1]}; --resume continues"
+            )
+        return RunResult(
+            run_dir=self.run_dir, step=self.step, tokens=self.tokens, elapsed_s=self._elapsed(),
+            stopped=stopped, final_dir=final, checkpoint_dir=last_save[1],
+            val_loss=last_eval["val_loss"] if last_eval else None,
+            val_bpb=last_eval["val_bpb"] if last_eval else None,
+            sample=last_eval["sample"] if last_eval else "",
+        )  # fmt: skip
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.start
+
+    def _sync_clock(self, interrupted: bool) -> tuple[float, bool]:
+        """(elapsed seconds, stop requested), the same on every rank, so all ranks stop at the same step."""
+        elapsed = self._elapsed()
+        if not self.world.distributed:
+            return elapsed, interrupted
+        t = torch.tensor([elapsed, float(interrupted)], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return float(t[0]), bool(t[1] > 0)
+
+    def _progress(self, elapsed: float) -> float:
+        """Fraction of the budget used: the furthest along of the step, token and time budgets."""
+        b = self.cfg.budget
+        fractions = [0.0]
+        if b.max_steps:
+            fractions.append(self.step / b.max_steps)
+        if b.max_tokens:
+            fractions.append(self.tokens / b.max_tokens)
+        if b.max_time:
+            fractions.append(elapsed / b.seconds())
+        return max(fractions)
+
+    def _train_step(self, progress: float) -> torch.Tensor:
+        """One optimizer step; returns the step's mean loss (detached, averaged over ranks when logged)."""
+        factor = lr_factor(self.cfg.schedule, self.step, progress)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        self.lr_factor = factor
+        accum = self.cfg.data.grad_accum
+        total = torch.zeros((), device=self.device)
+        step_inputs, step_targets = self.loader.next_batch()  # (accum * b, T) each
+        for micro in range(accum):
+            rows = slice(micro * self.micro_batch, (micro + 1) * self.micro_batch)
+            inputs, targets = step_inputs[rows], step_targets[rows]  # (b, T) each
+            last = micro == accum - 1
+            sync = contextlib.nullcontext() if last or not self.world.distributed else self.ddp.no_sync()
+            with sync:
+                with self.autocast():
+                    logits = self.train_model(inputs)  # (b, T, V)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()) / accum
+                loss.backward()
+            total += loss.detach()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def _check_finite(self, nonfinite: torch.Tensor, loss: torch.Tensor, last_save) -> None:
+        """Stop on a NaN/inf loss, before anything could be saved from the diverged weights."""
+        if not distributed.any_rank(bool(nonfinite), self.world):
+            return
+        kept = f"the last good checkpoint is {last_save[1]}" if last_save else "no checkpoint was saved"
+        raise ScratchError(
+            f"training diverged: the loss became {float(loss)} by step {self.step}; stopped without saving "
+            f"({kept}); lower optim.lr / optim.muon_lr or raise schedule.warmup_steps, then --resume"
+        )
+
+    def _log_train(self, loss: torch.Tensor) -> None:
+        (mean_loss,) = distributed.all_reduce_sum([float(loss)], self.world)
+        mean_loss /= self.world.size
+        now = time.perf_counter()
+        tokens_per_s = (self.tokens - self.last_log[1]) / max(1e-9, now - self.last_log[0])
+        self.last_log = (now, self.tokens)
+        mfu = tokens_per_s * self.flops_per_token / self.peak_flops
+        elapsed = self._elapsed()
+        record = {
+            "kind": "train", "step": self.step, "tokens": self.tokens, "elapsed_s": round(elapsed, 3),
+            "loss": mean_loss, "lr": self.lr_factor * self.cfg.optim.lr, "lr_factor": self.lr_factor,
+            "tokens_per_s": round(tokens_per_s, 1), "mfu": round(mfu, 4),
+        }  # fmt: skip
+        self._record(record)
+        self.progress_bar.update(
+            self._progress(elapsed),
+            elapsed,
+            step=self.step,
+            loss=mean_loss,
+            **{"tok/s": tokens_per_s},
+            mfu=mfu,
+        )
+
+    def _record(self, record: dict) -> None:
+        if self.metrics:
+            self.metrics.write(record)
+            self.tensorboard.scalars(record["step"], record)
+
+    def _evaluate(self) -> dict:
+        cfg = self.cfg
+        started = time.perf_counter()
+        val_loss, n_pred = validation_loss(
+            self.model, self.val_tokens, self.context, batch_size=self.micro_batch,
+            max_tokens=cfg.eval.max_tokens, device=self.device, autocast=self.autocast, world=self.world,
+        )  # fmt: skip
+        if not hasattr(self, "_val_bytes"):
+            self._val_bytes = predicted_bytes(self.val_tokens, n_pred, self.tokenizer)
+        record = {
+            "kind": "eval", "step": self.step, "tokens": self.tokens, "elapsed_s": round(self._elapsed(), 3),
+            "val_loss": val_loss, "val_bpb": bits_per_byte(val_loss, n_pred, self._val_bytes), "sample": "",
+        }  # fmt: skip
+        if self.world.is_main and cfg.eval.sample_tokens > 0:
+            record["sample"] = sample_text(
+                self.model, self.tokenizer, cfg.eval.sample_prompt, cfg.eval.sample_tokens,
+                cfg.eval.temperature, seed=cfg.seed + self.step,
+            )  # fmt: skip
+        self._record(record)
+        self.progress_bar.write(
+            f"step {self.step}: val loss {val_loss:.4f}, {record['val_bpb']:.4f} bits/byte "
+            f"({time.perf_counter() - started:.1f}s)"
+        )
+        if self.best_val is None or val_loss < self.best_val:
+            self.best_val = val_loss
+        return record
+
+    def _save(self, last_eval: dict | None) -> tuple[int, Path]:
+        """Checkpoint the current step (rank 0 writes; the others wait for it)."""
+        from scratchlm.model.folder import write_model_files
+
+        path = ckpt.checkpoints_dir(self.run_dir) / f"step_{self.step}"
+        if self.world.is_main:
+            val = last_eval["val_loss"] if last_eval and last_eval["step"] == self.step else None
+            state = {
+                "step": self.step, "tokens": self.tokens, "elapsed_s": self._elapsed(),
+                "best_val_loss": self.best_val, "optimizer": self.optimizer.state_dict(),
+                "loader": self.loader.state_dict(), "rng": ckpt.rng_states(), "world_size": self.world.size,
+                "config": dataclasses.asdict(self.cfg),
+            }  # fmt: skip
+            extra = {"step": self.step, "tokens": self.tokens, "val_loss": val}
+            path = ckpt.save_checkpoint(
+                self.run_dir,
+                self.step,
+                lambda d: write_model_files(d, self.model, self.tokenizer, extra=extra),
+                state,
+                val,
+            )
+            ckpt.prune(self.run_dir, self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_best)
+        distributed.barrier(self.world)
+        return self.step, path
+
+    def _write_final(self) -> Path | None:
+        from scratchlm.model.folder import save_model
+
+        final = self.run_dir / "final"
+        if self.world.is_main:
+            save_model(final, self.model, self.tokenizer, extra={"step": self.step, "tokens": self.tokens})
+        distributed.barrier(self.world)
+        return final

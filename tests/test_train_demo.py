@@ -1,0 +1,55 @@
+"""`scratchlm demo`: a 10-second budget end to end, and the offline fallback to pystdlib."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ROOT, shakespeare_path
+from test_train_support import one_thread  # noqa: F401 (fixture)
+
+import scratchlm.data
+from scratchlm.cli import main
+from scratchlm.errors import ScratchError
+from scratchlm.train.demo import pick_corpus
+from scratchlm.train.metrics import read_metrics
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_demo_trains_on_time_and_says_what_next(tmp_path, capsys):
+    if shakespeare_path() is None:
+        pytest.skip("the Tiny Shakespeare mirror ($SCRATCHLM_DATA) is absent and tests stay offline")
+    if not (ROOT / "configs" / "shakespeare-char.yaml").is_file():
+        pytest.skip("configs/shakespeare-char.yaml (the recipe the demo runs) is not in this checkout")
+    out = tmp_path / "demo"
+    code = main(
+        [
+            "demo",
+            "--time",
+            "10s",
+            "--out",
+            str(out),
+            "--set",
+            "logging.progress=false",
+            "--set",
+            "logging.every=2",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "validation loss" in printed and "sample:" in printed
+    assert f"scratchlm generate --ckpt {out / 'final'}" in printed and f"run folder:   {out}" in printed
+    train = read_metrics(out / "metrics.jsonl", "train")
+    evals = read_metrics(out / "metrics.jsonl", "eval")
+    assert train and train[-1]["elapsed_s"] < 10.0 + 5.0  # stops on the budget (a step is far below 5 s)
+    assert evals[-1]["val_loss"] < train[0]["loss"] and evals[-1]["sample"]
+    assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_offline_without_mirror_falls_back_to_pystdlib(monkeypatch):
+    said = []
+
+    def offline(name):
+        raise ScratchError(f"cannot download {name}: no network")
+
+    monkeypatch.setattr(scratchlm.data, "fetch", offline)
+    assert pick_corpus(said.append) == "pystdlib"
+    assert len(said) == 1 and "offline" in said[0] and "pystdlib" in said[0] and "\n" not in said[0]

@@ -1,0 +1,73 @@
+"""Never lose a run: SIGKILL mid-run, SIGTERM, and resume reproduce the uninterrupted loss curve exactly.
+
+Each run is a fresh interpreter, as after a real crash. The kill comes from inside the run at a chosen
+step (a patched logging method sends the signal to its own process), so the test is deterministic.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_train_support import (  # noqa: F401 (one_thread is a fixture)
+    check,
+    eval_losses,
+    one_thread,
+    run_python,
+    tiny_corpus,
+    tiny_overrides,
+    train_losses,
+)
+
+from scratchlm.train import checkpoint as ckpt
+from scratchlm.train import load_pretrain_config, pretrain
+
+RUN = """
+import os, signal, sys
+from scratchlm.train import load_pretrain_config, loop
+overrides, out, signal_at, signame = {overrides!r}, {out!r}, {signal_at!r}, {signame!r}
+if signal_at:
+    original = loop._Run._log_train
+    def log_then_signal(self, loss):
+        original(self, loss)
+        if self.step == signal_at:
+            os.kill(os.getpid(), getattr(signal, signame))
+    loop._Run._log_train = log_then_signal
+from scratchlm.cli import main
+if {resume!r}:
+    sys.exit(main(["pretrain", "--out", out, "--resume"]))  # the config comes from RUN/config.yaml
+cfg_args = [a for o in overrides for a in ("--set", o)]
+sys.exit(main(["pretrain", "--out", out, *cfg_args]))
+"""
+
+
+def _run(overrides, out, *, signal_at=0, signame="SIGKILL", resume=False):
+    code = RUN.format(overrides=overrides, out=str(out), signal_at=signal_at, signame=signame, resume=resume)
+    return run_python(code)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return tiny_corpus(tmp_path_factory)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_sigkill_sigterm_and_resume_give_the_uninterrupted_curve(corpus, tmp_path):
+    overrides = tiny_overrides(corpus, steps=12)  # checkpoints every 4 steps, dropout on
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    # The reference runs in this process (one thread, like the subprocesses): same arithmetic.
+    pretrain(load_pretrain_config(None, overrides), whole, say=lambda *_: None)
+
+    killed = _run(overrides, broken, signal_at=6)  # SIGKILL: no chance to save; step_4 is the newest
+    assert killed.returncode == -9
+    assert [s for s, _ in ckpt.list_checkpoints(broken)] == [4]
+    assert max(s for s, _ in train_losses(broken)) == 6  # steps 5 and 6 were logged, then lost
+
+    termed = _run(overrides, broken, signal_at=9, signame="SIGTERM", resume=True)
+    check(termed, 130)  # SIGTERM: a checkpoint at the step it arrived, then exit
+    assert "stopped by SIGTERM at step 9" in termed.stdout + termed.stderr
+    assert ckpt.verify_checkpoint(broken / "checkpoints" / "step_9") is None
+    assert not (broken / "final").exists()
+
+    check(_run(overrides, broken, resume=True))
+    assert train_losses(broken) == train_losses(whole)  # value for value, steps 1..12
+    assert eval_losses(broken) == eval_losses(whole)
+    assert len(train_losses(whole)) == 12 and (broken / "final" / "model.safetensors").is_file()
