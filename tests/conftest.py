@@ -18,7 +18,10 @@ _mirror = ROOT.parent / "shared" / "data"
 if "SCRATCHLM_DATA" not in os.environ and _mirror.is_dir():
     os.environ["SCRATCHLM_DATA"] = str(_mirror)
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The test models are tiny: a second OpenMP thread only adds a fork/join per small op, and on a busy
+# 2-core machine it spin-waits for a descheduled partner (decode and eval tests ran 5-40x slower, measured).
+# Tests that need several threads (none yet) set them themselves.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -11,10 +11,9 @@ import subprocess
 import sys
 
 import pytest
-from test_train_support import (  # noqa: F401 (one_thread is a fixture)
+from test_train_support import (  # noqa: F401
     ROOT,
     eval_losses,
-    one_thread,
     tiny_corpus,
     tiny_overrides,
     train_losses,
@@ -24,7 +23,6 @@ from scratchlm.train import checkpoint as ckpt
 from scratchlm.train import load_pretrain_config, pretrain
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path_factory, tmp_path):
     corpus = tiny_corpus(tmp_path_factory)
     overrides = tiny_overrides(

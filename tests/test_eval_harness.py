@@ -18,7 +18,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 lm_eval = pytest.importorskip("lm_eval", reason="lm-evaluation-harness (optional extra) not installed")
 
-from test_eval_lm import TEXT, one_thread, tiny_setup  # noqa: E402, F401 (one_thread: autouse fixture)
+from test_eval_lm import TEXT, tiny_setup  # noqa: E402, F401
 
 from scratchlm.eval.generation import greedy_until  # noqa: E402
 from scratchlm.eval.lm import evaluate_text  # noqa: E402

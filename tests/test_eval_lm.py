@@ -23,16 +23,6 @@ TEXT = (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run several times faster on one thread: no hand-off between threads for each small op
-    (7x here on a shared 2-core machine). Restored after each test, for the rest of the suite."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @functools.cache
 def tiny_tokenizer():
     """A byte-level BPE tokenizer with a few merges (so pieces cross word boundaries like real ones)."""

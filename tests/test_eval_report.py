@@ -6,7 +6,7 @@ import json
 
 import pytest
 import yaml
-from test_eval_lm import TEXT, one_thread, tiny_setup  # noqa: F401 (autouse fixture)
+from test_eval_lm import TEXT, tiny_setup  # noqa: F401
 
 from scratchlm.cli import main
 from scratchlm.eval import append_benchmark, report

@@ -8,7 +8,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from test_eval_lm import TEXT, one_thread, tiny_setup  # noqa: F401 (autouse fixture)
+from test_eval_lm import TEXT, tiny_setup  # noqa: F401
 
 from scratchlm.errors import ScratchError
 from scratchlm.eval.generation import cut_at_stop, greedy_until

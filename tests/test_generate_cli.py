@@ -10,17 +10,6 @@ from scratchlm.model import ModelConfig, Transformer
 from scratchlm.model.folder import load_model, save_model
 from scratchlm.tokenizer import train_char
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models decode token by token: on a shared 2-core box, one thread avoids OpenMP barrier stalls
-    that made these tests 5-40x slower (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
 
 

@@ -13,16 +13,6 @@ from scratchlm.generate.stream import TextStream
 from scratchlm.model import ModelConfig, Transformer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models decode token by token: on a shared 2-core box, one thread avoids OpenMP barrier stalls
-    that made these tests 5-40x slower (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ByteTokenizer:
     """UTF-8 bytes as tokens (0..255) plus <|endoftext|> = 256: multi-byte characters span tokens."""
 

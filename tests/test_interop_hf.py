@@ -14,16 +14,6 @@ from scratchlm.model import ModelConfig, Transformer
 transformers = pytest.importorskip("transformers", reason="transformers is a test extra (pip install .[hf])")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models decode token by token: on a shared 2-core box, one thread avoids OpenMP barrier stalls
-    that made these tests 5-40x slower (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_llama(n_kv_heads: int, tie: bool, seed: int = 0) -> Transformer:
     torch.manual_seed(seed)
     cfg = ModelConfig(

@@ -15,15 +15,6 @@ from scratchlm.tokenizer import GPT2_PATTERN, GPT4_PATTERN, train_bpe, train_cha
 transformers = pytest.importorskip("transformers", reason="transformers is a test extra (pip install .[hf])")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models decode token by token: on a shared 2-core box one thread avoids OpenMP barrier stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 EXTRA = " héllo wörld 🙂 日本語  \n\n  x<|endoftext|>y  123456 don't DON'T\t\r\n end "
 
 

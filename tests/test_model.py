@@ -13,15 +13,6 @@ from scratchlm.model.attention import reference_attention, sdpa_attention
 from scratchlm.model.layers import apply_rope, rope_cos_sin
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one thread beats two (and a loaded 2-core machine makes two far slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(**changes) -> ModelConfig:
     base = dict(vocab_size=37, context_length=32, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2)
     return ModelConfig(**{**base, **changes})

@@ -20,15 +20,6 @@ VARIANTS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one thread beats two (and a loaded 2-core machine makes two far slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make(name: str) -> Transformer:
     torch.manual_seed(0)
     return Transformer(VARIANTS[name]).eval()

@@ -17,15 +17,6 @@ from scratchlm.tokenizer import load_tokenizer, train_char
 TEXT = "to be or not to be, that is the question.\n"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one thread beats two (and a loaded 2-core machine makes two far slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return train_char(TEXT)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from conftest import ROOT, shakespeare_path
-from test_train_support import one_thread  # noqa: F401 (fixture)
 
 import scratchlm.data
 from scratchlm.cli import main
@@ -13,7 +12,6 @@ from scratchlm.train.demo import pick_corpus
 from scratchlm.train.metrics import read_metrics
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_demo_trains_on_time_and_says_what_next(tmp_path, capsys):
     if shakespeare_path() is None:
         pytest.skip("the Tiny Shakespeare mirror ($SCRATCHLM_DATA) is absent and tests stay offline")

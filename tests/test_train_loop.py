@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_train_support import one_thread, tiny_corpus, tiny_overrides  # noqa: F401 (fixture)
+from test_train_support import tiny_corpus, tiny_overrides  # noqa: F401 (fixture)
 
 from scratchlm.errors import ScratchError
 from scratchlm.model import Transformer
@@ -21,8 +21,6 @@ from scratchlm.train.distributed import World
 from scratchlm.train.evaluate import bits_per_byte, validation_loss, window_starts
 from scratchlm.train.loop import _Run, enable_activation_checkpointing
 from scratchlm.train.metrics import read_metrics
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

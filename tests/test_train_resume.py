@@ -7,10 +7,9 @@ step (a patched logging method sends the signal to its own process), so the test
 from __future__ import annotations
 
 import pytest
-from test_train_support import (  # noqa: F401 (one_thread is a fixture)
+from test_train_support import (  # noqa: F401
     check,
     eval_losses,
-    one_thread,
     run_python,
     tiny_corpus,
     tiny_overrides,
@@ -49,7 +48,6 @@ def corpus(tmp_path_factory):
     return tiny_corpus(tmp_path_factory)
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_sigkill_sigterm_and_resume_give_the_uninterrupted_curve(corpus, tmp_path):
     overrides = tiny_overrides(corpus, steps=12)  # checkpoints every 4 steps, dropout on
     whole, broken = tmp_path / "whole", tmp_path / "broken"

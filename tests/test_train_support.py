@@ -8,17 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import ROOT, shakespeare_path
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny models run faster on one thread (no fork/join per op); the session's setting is restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_corpus(tmp_path_factory) -> Path:
