@@ -87,10 +87,9 @@ def _prompts(args) -> list[str]:
 def run_generate(args) -> int:
     import torch
 
-    from scratchlm.eval.checkpoint import resolve_model_dir
     from scratchlm.generate import SamplingConfig, generate
     from scratchlm.model.device import pick_device
-    from scratchlm.model.folder import load_model
+    from scratchlm.model.folder import load_model, resolve_model_dir
 
     config = SamplingConfig(
         max_new_tokens=args.max_new_tokens,
@@ -131,9 +130,8 @@ def run_generate(args) -> int:
 
 
 def run_export_hf(args) -> int:
-    from scratchlm.eval.checkpoint import resolve_model_dir
     from scratchlm.interop.hf import export_hf
-    from scratchlm.model.folder import load_model
+    from scratchlm.model.folder import load_model, resolve_model_dir
 
     model, tokenizer, _ = load_model(resolve_model_dir(args.ckpt))
     out = export_hf(model, args.out, tokenizer)
