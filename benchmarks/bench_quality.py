@@ -108,7 +108,7 @@ def main() -> int:
         help="train N steps instead (a busy machine: loss per step, not per second)",
     )
     ap.add_argument("--out", default="", help="run folder (default: a fresh temporary folder)")
-    ap.add_argument("--png", default=str(ROOT / "docs" / "parts" / "quality-recipe.png"))
+    ap.add_argument("--png", default=str(ROOT / "docs" / "quality-recipe.png"))
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (the machine has 2 cores)")
     ap.add_argument("--set", nargs="*", default=[], dest="overrides", help="recipe overrides, key=value")
     args = ap.parse_args()

@@ -1,7 +1,7 @@
 """A self-contained lab for tuning the Tiny Shakespeare recipe: char data, a configurable GPT, a loop.
 
 Throwaway-grade on purpose (it exists to compare settings fast, before the project's model and loop were
-ready); the findings go into configs/shakespeare-char.yaml and docs/parts/experiments-recipe.md.
+ready); the findings go into configs/shakespeare-char.yaml and docs/experiments.md, recipe.
 
     python experiments/recipe_lab.py --steps 300 d_model=128 n_layers=4 ctx=64 batch=48 muon_lr=0.02
     python experiments/recipe_lab.py --seconds 164 ...      # wall-clock budget, lr decays by time

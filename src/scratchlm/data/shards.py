@@ -41,7 +41,7 @@ FORMAT = "scratchlm-shards/1"
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per file: few files, each easy to copy and checksum
 PIECE_CHARS = 1 << 18  # work item size for the tokenizer workers: big enough to amortise the IPC
 # Below this many characters a worker pool costs more to start than it saves (Tiny Shakespeare, 1.1 MB:
-# 0.46 s in-process against 0.80 s with two workers; docs/parts/benchmarks-data.md).
+# 0.46 s in-process against 0.80 s with two workers; docs/benchmarks.md, data).
 POOL_MIN_CHARS = 4_000_000
 _SAFE_CUT = re.compile(r"\n(?=\S)")
 
