@@ -18,6 +18,11 @@ from scratchlm.errors import ScratchError
 STAGES = ["data", "tokenizer", "model", "train", "eval"]
 
 
+def unescape(text: str) -> str:
+    """`\\n` and `\\t` typed on a command line (stop strings) as the characters they name."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: one line, exit 2, with a hint
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

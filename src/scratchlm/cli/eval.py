@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from scratchlm.cli import unescape
 from scratchlm.errors import ScratchError
 
 
@@ -94,7 +95,7 @@ def run_eval(args) -> int:
             raise ScratchError(f"corpus {corpus_name} has no validation split; give --text FILE instead")
         return val
 
-    stop = [s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop] if args.stop else None
+    stop = [unescape(s) for s in args.stop] if args.stop else None
     tasks = []
     if args.tasks:
         tasks = load_tasks(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from scratchlm.cli import unescape
 from scratchlm.errors import ScratchError
 
 
@@ -98,7 +99,7 @@ def run_generate(args) -> int:
         top_p=args.top_p,
         repetition_penalty=args.repetition_penalty,
         seed=args.seed,
-        stop=[s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop],
+        stop=[unescape(s) for s in args.stop],
         stop_at_eot=not args.ignore_eot,
         truncate=args.truncate,
     )
