@@ -15,8 +15,6 @@ from scratchlm.train.metrics import read_metrics
 def test_demo_trains_on_time_and_says_what_next(tmp_path, capsys):
     if shakespeare_path() is None:
         pytest.skip("the Tiny Shakespeare mirror ($SCRATCHLM_DATA) is absent and tests stay offline")
-    if not (ROOT / "configs" / "shakespeare-char.yaml").is_file():
-        pytest.skip("configs/shakespeare-char.yaml (the recipe the demo runs) is not in this checkout")
     out = tmp_path / "demo"
     code = main(
         [
@@ -51,3 +49,21 @@ def test_offline_without_mirror_falls_back_to_pystdlib(monkeypatch):
     monkeypatch.setattr(scratchlm.data, "fetch", offline)
     assert pick_corpus(said.append) == "pystdlib"
     assert len(said) == 1 and "offline" in said[0] and "pystdlib" in said[0] and "\n" not in said[0]
+
+
+def test_recipes_resolve_by_name_from_any_directory(tmp_path, monkeypatch):
+    from scratchlm.config import recipe_names, resolve_recipe
+    from scratchlm.train import load_pretrain_config
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the name must find the recipe shipped in the package
+    assert "shakespeare-char" in recipe_names()
+    assert (
+        resolve_recipe("shakespeare-char").read_text()
+        == (ROOT / "configs" / "shakespeare-char.yaml").read_text()
+    )
+    assert load_pretrain_config("shakespeare-char.yaml").data.corpus == "shakespeare"
+    local = tmp_path / "shakespeare-char.yaml"  # a user's own file of the same name wins over the shipped one
+    local.write_text("budget: {max_steps: 7}\n")
+    assert load_pretrain_config("shakespeare-char.yaml").budget.max_steps == 7
+    with pytest.raises(ScratchError, match="shipped recipe name.*shakespeare-char"):
+        load_pretrain_config("no-such-recipe")

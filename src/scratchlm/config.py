@@ -109,10 +109,36 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_yaml(path: str | Path) -> dict:
+RECIPES_DIR = (
+    Path(__file__).resolve().parent / "configs"
+)  # shipped recipes; the checkout's configs/ links here
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def resolve_recipe(path: str | Path) -> Path:
+    """A YAML file, or the bare name of a shipped recipe ("shakespeare-char"), to a file path.
+
+    A path that exists wins; otherwise a name without folders is looked up among the recipes installed
+    with the package, so `--config shakespeare-char` works from any directory and from a wheel.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise ScratchError(f"config file not found: {path}; see configs/ for the shipped recipes")
+    if path.is_file():
+        return path
+    if len(path.parts) == 1:
+        shipped = RECIPES_DIR / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+        if shipped.is_file():
+            return shipped
+    raise ScratchError(
+        f"config file not found: {path}; give a YAML file or a shipped recipe name "
+        f"({', '.join(recipe_names())})"
+    )
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = resolve_recipe(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

@@ -20,13 +20,10 @@ RECIPE = "shakespeare-char"
 
 
 def recipe_path(name: str) -> Path:
-    """configs/NAME.yaml of the source checkout this package runs from."""
-    path = Path(__file__).resolve().parents[3] / "configs" / f"{name}.yaml"
-    if not path.is_file():
-        raise ScratchError(
-            f"recipe {path} not found; the demo runs from a source checkout of scratchlm (pip install -e .)"
-        )
-    return path
+    """The shipped recipe NAME (installed with the package, so the demo works from a wheel too)."""
+    from scratchlm.config import resolve_recipe
+
+    return resolve_recipe(name)
 
 
 def pick_corpus(say=print) -> str:
