@@ -145,3 +145,33 @@ def test_model_smaller_than_its_tokenizer_is_refused(tmp_path, tokenizer):
     with pytest.raises(ScratchError, match="build the model with vocab_size >="):
         save_model(tmp_path / "m", model, tokenizer)
     assert not (tmp_path / "m").exists()
+
+
+def test_a_killed_writers_temporary_folder_is_swept_by_the_next_writer(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # A child that starts writing a folder and is SIGKILL'ed mid-write leaves its temporary folder behind.
+    script = (
+        "import os, sys, time\n"
+        "from scratchlm.fileio import atomic_dir\n"
+        "with atomic_dir(sys.argv[1]) as tmp:\n"
+        "    (tmp / 'half').write_text('x')\n"
+        "    print(tmp.name, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "out")], stdout=subprocess.PIPE)
+    left = tmp_path / child.stdout.readline().decode().strip()
+    assert left.is_dir()
+    with atomic_dir(tmp_path / "out"):  # the writer is alive: its folder must stay
+        assert left.is_dir()
+    child.kill()
+    child.wait()
+    child.stdout.close()
+    assert left.is_dir()  # nothing cleans up after SIGKILL...
+    with atomic_dir(tmp_path / "out") as tmp:  # ...until the next writer of the same folder
+        (tmp / "whole").write_text("y")
+    assert not left.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert os.listdir(tmp_path / "out") == ["whole"]

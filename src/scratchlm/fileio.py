@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,17 +66,49 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporary folders of `atomic_dir(path)` left by writers that were killed on this host.
+
+    A SIGKILL'ed writer cannot clean up after itself; its temporary folder names the host and process
+    that made it, so the next writer removes it once that process is gone. Folders of live processes,
+    and of other hosts (a shared filesystem), are left alone.
+    """
+    removed = []
+    prefix = f".{path.name}.{socket.gethostname()}."
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        if not (tmp.name.startswith(prefix) and tmp.is_dir()):
+            continue
+        pid = tmp.name[len(prefix) :].split(".", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it replaces `path` in one rename.
 
     If `path` already exists it is moved aside first and removed after the new folder is in
     place, so at every instant either the old or the new folder is complete under that name
-    (or, between the two renames, absent: never half-written).
+    (or, between the two renames, absent: never half-written). Temporary folders of earlier writers
+    that were killed are removed first (`remove_stale_temporaries`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temporaries(path)
+    owner = f"{socket.gethostname()}.{os.getpid()}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{owner}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a finished folder follows the umask
     try:
         yield tmp
