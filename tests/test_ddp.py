@@ -23,10 +23,14 @@ from scratchlm.train import checkpoint as ckpt
 from scratchlm.train import load_pretrain_config, pretrain
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path_factory, tmp_path):
+# The curriculum (context 8 for steps 1-3, then 16) gives each rank 4 rows of 8, then 2 rows of 16.
+@pytest.mark.parametrize(
+    "extra", [{}, {"data.short_context": 8, "data.short_context_until": 0.5}], ids=["plain", "curriculum"]
+)
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path_factory, tmp_path, extra):
     corpus = tiny_corpus(tmp_path_factory)
     overrides = tiny_overrides(
-        corpus, steps=6, **{"model": "{n_layers: 2, d_model: 32, n_heads: 2, context_length: 16}"}
+        corpus, steps=6, **{"model": "{n_layers: 2, d_model: 32, n_heads: 2, context_length: 16}", **extra}
     )
     single, double = tmp_path / "single", tmp_path / "double"
     pretrain(load_pretrain_config(None, overrides), single, say=lambda *_: None)

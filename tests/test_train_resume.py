@@ -18,6 +18,7 @@ from test_train_support import (  # noqa: F401
 
 from scratchlm.train import checkpoint as ckpt
 from scratchlm.train import load_pretrain_config, pretrain
+from scratchlm.train.metrics import read_metrics
 
 RUN = """
 import os, signal, sys
@@ -69,3 +70,22 @@ def test_sigkill_sigterm_and_resume_give_the_uninterrupted_curve(corpus, tmp_pat
     assert train_losses(broken) == train_losses(whole)  # value for value, steps 1..12
     assert eval_losses(broken) == eval_losses(whole)
     assert len(train_losses(whole)) == 12 and (broken / "final" / "model.safetensors").is_file()
+
+
+def test_curriculum_resume_across_the_phase_switch_gives_the_uninterrupted_curve(corpus, tmp_path):
+    # Context 8 for steps 1-6, then 16 (the model's) for 7-12. The kill leaves step_4, in the short
+    # phase, so the first resumed run crosses into the long phase; the second resumes inside it.
+    curriculum = {"data.short_context": 8, "data.short_context_until": 0.5}
+    overrides = tiny_overrides(corpus, steps=12, **curriculum)
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    pretrain(load_pretrain_config(None, overrides), whole, say=lambda *_: None)
+    contexts = [r["context"] for r in read_metrics(whole / "metrics.jsonl", "train")]
+    assert contexts == [8] * 6 + [16] * 6
+
+    assert _run(overrides, broken, signal_at=6).returncode == -9
+    assert [s for s, _ in ckpt.list_checkpoints(broken)] == [4]
+    check(_run(overrides, broken, signal_at=9, signame="SIGTERM", resume=True), 130)
+    check(_run(overrides, broken, resume=True))
+    assert train_losses(broken) == train_losses(whole)
+    assert eval_losses(broken) == eval_losses(whole)
+    assert [r["context"] for r in read_metrics(broken / "metrics.jsonl", "train")] == contexts

@@ -29,21 +29,43 @@ class DataConfig:
     `batch_size` counts sequences per optimizer step over all ranks and micro-steps together, so the same
     recipe trains the same model under `torchrun` with any number of processes: each rank takes
     `batch_size / (world_size * grad_accum)` sequences per micro-step.
+
+    Context curriculum ("sequence length warmup", Li et al. 2022): with `short_context` set, the first
+    `short_context_until` of the budget trains on windows of `short_context` tokens, `batch_size` of them
+    a step, and the rest at the model's context with `batch_size * short_context / context` sequences,
+    so every step holds the same number of tokens. Evaluation, samples and the saved model always use
+    the model's context.
     """
 
     corpus: str = "shakespeare"  # registry name, file, folder or .jsonl (scratchlm.data.load_corpus)
     tokenizer: str = "char"  # char | bpe | path to a saved tokenizer folder
     vocab_size: int = 4096  # bpe only: vocabulary to train
-    batch_size: int = 32
+    batch_size: int = 32  # sequences per step (of short_context tokens while that phase lasts)
     grad_accum: int = 1
     mode: str = "random"  # random windows | packed (consecutive windows in order)
     shared_cache: bool = True  # prepared shards live in the user cache, shared by runs on the same data
+    # Context curriculum: shorter windows train faster per token (attention's cost per token grows with
+    # the window); the final part adapts the model to its full context, the windows validation scores.
+    short_context: int = 0  # 0 = off; else < model.context_length and dividing it, e.g. 64 for 256
+    short_context_until: float = 0.0  # fraction of the budget (run progress) trained at short_context
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0 or self.grad_accum <= 0:
             raise ScratchError("data.batch_size and data.grad_accum must be positive")
         if self.mode not in ("random", "packed"):
             raise ScratchError(f"data.mode {self.mode!r} is unknown; use random or packed")
+        if self.short_context < 0:
+            raise ScratchError(f"data.short_context must be >= 0 (0: off), got {self.short_context}")
+        if bool(self.short_context) != bool(self.short_context_until):
+            raise ScratchError(
+                "data.short_context and data.short_context_until go together: set both "
+                f"(e.g. 64 and 0.8) or neither, got {self.short_context} and {self.short_context_until}"
+            )
+        if self.short_context and not 0.0 < self.short_context_until < 1.0:
+            raise ScratchError(
+                "data.short_context_until is the fraction of the budget at data.short_context and must be "
+                f"in (0, 1), got {self.short_context_until}"
+            )
 
 
 @dataclass
@@ -148,6 +170,16 @@ def resolve_model_config(section: dict, vocab_size: int):
     base.update(data)
     base["vocab_size"] = vocab_size
     return from_dict(ModelConfig, base, prefix="model.")
+
+
+def check_short_context(data: DataConfig, context_length: int) -> None:
+    """data.short_context against the model's context, known once the model section is resolved."""
+    short = data.short_context
+    if short and (short >= context_length or context_length % short):
+        raise ScratchError(
+            f"data.short_context {short} must be shorter than model.context_length {context_length} and "
+            f"divide it (e.g. {max(1, context_length // 4)}); or 0 to train at the model's context all along"
+        )
 
 
 def load_pretrain_config(path: str | Path | None = None, overrides: list[str] = ()) -> PretrainConfig:

@@ -9,6 +9,10 @@ Around it: evaluation every N steps, metrics, checkpoints, budgets, signals. The
 only; the loss is taken here. Parallelism (DDP), activation checkpointing and torch.compile are applied
 to the model from the outside, so `model/` knows nothing of them.
 
+Context curriculum (`data.short_context`): the run is one or two phases, each with its own loader of
+windows at its context; the phase of a step is a function of run progress, and both loaders' positions are
+checkpointed, so it changes nothing below.
+
 Exact resume: every source of randomness is either a pure function of the step (the data loader) or
 saved in the checkpoint (python, numpy, torch RNGs; samples at evaluations draw from their own seeded
 generator), and the schedule is a function of the step when the budget is steps or tokens. A run resumed
@@ -25,6 +29,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,11 +39,20 @@ from torch.utils.checkpoint import checkpoint
 from scratchlm.errors import ScratchError
 from scratchlm.train import checkpoint as ckpt
 from scratchlm.train import distributed
-from scratchlm.train.config import PretrainConfig, check_budget, resolve_model_config, save_resolved
+from scratchlm.train.config import (
+    PretrainConfig,
+    check_budget,
+    check_short_context,
+    resolve_model_config,
+    save_resolved,
+)
 from scratchlm.train.evaluate import bits_per_byte, predicted_bytes, sample_text, validation_loss
 from scratchlm.train.metrics import MetricsLog, Progress, TensorBoard, measure_matmul_flops
 from scratchlm.train.schedule import lr_factor
 from scratchlm.train.signals import StopSignals
+
+if TYPE_CHECKING:
+    from scratchlm.data import TokenLoader
 
 
 @dataclass
@@ -53,6 +67,16 @@ class RunResult:
     sample: str = ""
     final_dir: Path | None = None  # RUN/final, the model folder to sample from (None when stopped early)
     checkpoint_dir: Path | None = None
+
+
+@dataclass
+class _Phase:
+    """A stretch of the run trained at one context: a rank's loader and how its rows split per micro-step."""
+
+    context: int
+    micro_batch: int  # sequences per micro-step on this rank
+    loader: TokenLoader  # serves the rank's rows of a whole step (grad_accum micro-batches)
+    flops_per_token: float  # training FLOPs per token at this context (MFU)
 
 
 def pretrain(config: PretrainConfig, out_dir: str | Path, resume: bool = False, say=print) -> RunResult:
@@ -101,12 +125,7 @@ class _Run:
             raise ScratchError(
                 f"{self.run_dir} already holds a run; pass --resume to continue it, or choose another --out"
             )
-        per_rank = cfg.data.batch_size // (world.size * cfg.data.grad_accum)  # sequences per micro-step
-        if per_rank == 0 or per_rank * world.size * cfg.data.grad_accum != cfg.data.batch_size:
-            raise ScratchError(
-                f"data.batch_size {cfg.data.batch_size} is not divisible by world_size {world.size} x "
-                f"grad_accum {cfg.data.grad_accum}; change one of them"
-            )
+        self._micro_batch(cfg.data.batch_size, "data.batch_size")  # fail before preparing any data
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 for the float32 matmuls that remain
         torch.manual_seed(cfg.seed)
@@ -114,26 +133,57 @@ class _Run:
         np.random.seed(cfg.seed)
         shard_dir, self.tokenizer = prepare_run_data(cfg.data, self.run_dir, world, self.say)
         self.model_config = resolve_model_config(cfg.model, self.tokenizer.vocab_size)
+        self.context = self.model_config.context_length
+        check_short_context(cfg.data, self.context)
+        short = cfg.data.short_context
+        # (context, sequences per step) of each phase. The long phase keeps the short phase's tokens per
+        # step, so the curriculum changes the window length, not the batch in tokens the recipe tuned.
+        plan = [(self.context, cfg.data.batch_size)]
+        if short:
+            if cfg.data.batch_size * short % self.context:
+                raise ScratchError(
+                    f"data.batch_size {cfg.data.batch_size} x data.short_context {short} / "
+                    f"model.context_length {self.context} is not a whole number of sequences; make "
+                    f"data.batch_size a multiple of {self.context // short}"
+                )
+            plan = [(short, cfg.data.batch_size), (self.context, cfg.data.batch_size * short // self.context)]
+        what = "the long phase's batch (data.batch_size x data.short_context / model.context_length)"
+        micro = [self._micro_batch(rows, what) for _, rows in plan]  # checked before anything is written
         if world.is_main:
             save_resolved(cfg, self.model_config, self.run_dir / "config.yaml")
-        self.context = self.model_config.context_length
         self.model = Transformer(self.model_config).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        # The loader serves a rank's whole step (all micro-batches) at once, so the tokens of a step do
-        # not depend on grad_accum or world_size: the three settings train on the same data.
-        self.micro_batch = per_rank
-        self.loader = TokenLoader(
-            shard_dir, "train", per_rank * cfg.data.grad_accum, self.context, seed=cfg.seed, rank=world.rank,
-            world_size=world.size, mode=cfg.data.mode, device=self.device,
-            expect_fingerprint=self.tokenizer.fingerprint(),
-        )  # fmt: skip
+        # A phase's loader serves a rank's whole step (all micro-batches) at once, so the tokens of a step
+        # do not depend on grad_accum or world_size: the three settings train on the same data. Phase i
+        # draws the stream of seed + i, so with the curriculum off the one loader is the one runs had.
+        self.phases = []
+        for index, ((context, _), b) in enumerate(zip(plan, micro)):
+            loader = TokenLoader(
+                shard_dir, "train", b * cfg.data.grad_accum, context, seed=cfg.seed + index,
+                rank=world.rank, world_size=world.size, mode=cfg.data.mode, device=self.device,
+                expect_fingerprint=self.tokenizer.fingerprint(),
+            )  # fmt: skip
+            flops = self.model.flops_per_token(training=True, context_length=context)
+            self.phases.append(_Phase(context, b, loader, flops))
+        self.phase = self.phases[0]
         self.val_tokens = load_tokens(shard_dir, "val")
         self.autocast = functools.partial(autocast_context, self.device, self.precision)
-        self.tokens_per_step = cfg.data.batch_size * self.context
+        self.tokens_per_step = plan[0][0] * plan[0][1]  # the same in every phase
         self.step, self.tokens, self.elapsed_before, self.best_val = 0, 0, 0.0, None
         if resume:
             self._restore()
         self.train_model = self._wrap(self.model)
+
+    def _micro_batch(self, rows: int, what: str) -> int:
+        """Sequences per micro-step on one rank for a step of `rows` sequences (`what` names them)."""
+        world, accum = self.world, self.cfg.data.grad_accum
+        per_rank = rows // (world.size * accum)
+        if per_rank == 0 or per_rank * world.size * accum != rows:
+            raise ScratchError(
+                f"{what} {rows} is not divisible by world_size {world.size} x grad_accum {accum}; "
+                "change one of them"
+            )
+        return per_rank
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """Activation checkpointing, then DDP, then compile: all from outside the model."""
@@ -158,11 +208,22 @@ class _Run:
         self.model.load_state_dict(loaded.state_dict())
         state = ckpt.load_state(path)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.loader.load_state_dict(state["loader"])
+        self._load_loader_states(state["loader"])
         ckpt.set_rng_states(state["rng"])
         self.step, self.tokens = state["step"], state["tokens"]
         self.elapsed_before, self.best_val = state["elapsed_s"], state["best_val_loss"]
         self.say(f"resume: continuing from {Path(path).name} (step {self.step})")
+
+    def _load_loader_states(self, saved: dict) -> None:
+        # Checkpoints from before the curriculum hold one loader's state: a run at one context.
+        states = saved["phases"] if "phases" in saved else [saved]
+        if len(states) != len(self.phases):
+            raise ScratchError(
+                f"cannot resume the loader: the checkpoint has {len(states)} data phase(s) but this config "
+                f"has {len(self.phases)}; resume with the same data.short_context"
+            )
+        for phase, state in zip(self.phases, states):
+            phase.loader.load_state_dict(state)
 
     @property
     def _metrics_path(self) -> Path:
@@ -187,10 +248,12 @@ class _Run:
         )
         dtype = torch.bfloat16 if self.precision == "bfloat16" else torch.float32
         self.peak_flops = measure_matmul_flops(self.device, dtype, seconds=0.2) * world.size
-        self.flops_per_token = self.model.flops_per_token(training=True, context_length=self.context)
         self.progress_bar = Progress(cfg.logging.progress and world.is_main, self._progress(0.0), self.say)
         self.start = time.perf_counter()
-        self.last_log = (self.start, self.tokens)
+        # Model FLOPs done by this process, summed per step at its phase's context: MFU over a logging
+        # window that spans the phase switch stays exact.
+        self.flops = 0.0
+        self.last_log = (self.start, self.tokens, self.flops)
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         loss = torch.zeros((), device=self.device)
         last_eval = last_save = None
@@ -208,6 +271,7 @@ class _Run:
                     nonfinite |= ~torch.isfinite(loss)
                     self.step += 1
                     self.tokens += self.tokens_per_step
+                    self.flops += self.tokens_per_step * self.phase.flops_per_token
                     log_now = self.step % cfg.logging.every == 0
                     eval_now = cfg.eval.every > 0 and self.step % cfg.eval.every == 0
                     save_now = cfg.checkpoint.every > 0 and self.step % cfg.checkpoint.every == 0
@@ -220,7 +284,7 @@ class _Run:
                     if save_now:
                         last_save = self._save(last_eval)
                     if eval_now or save_now:  # tokens/s measures training, not evaluating or saving
-                        self.last_log = (time.perf_counter(), self.tokens)
+                        self.last_log = (time.perf_counter(), self.tokens, self.flops)
             self._check_finite(nonfinite, loss, last_save)
             if stopped == "budget":
                 self.progress_bar.complete()
@@ -276,11 +340,15 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
         self.lr_factor = factor
-        accum = self.cfg.data.grad_accum
+        # The phase follows progress, which only grows in a run, so a step or token budget switches at
+        # the same step every time (the resume tests rely on it). Off: until is 0 and the one phase runs.
+        phase = self.phases[0] if progress < self.cfg.data.short_context_until else self.phases[-1]
+        self.phase = phase
+        accum, b = self.cfg.data.grad_accum, phase.micro_batch
         total = torch.zeros((), device=self.device)
-        step_inputs, step_targets = self.loader.next_batch()  # (accum * b, T) each
+        step_inputs, step_targets = phase.loader.next_batch()  # (accum * b, T) each
         for micro in range(accum):
-            rows = slice(micro * self.micro_batch, (micro + 1) * self.micro_batch)
+            rows = slice(micro * b, (micro + 1) * b)
             inputs, targets = step_inputs[rows], step_targets[rows]  # (b, T) each
             last = micro == accum - 1
             sync = contextlib.nullcontext() if last or not self.world.distributed else self.ddp.no_sync()
@@ -310,14 +378,16 @@ class _Run:
         (mean_loss,) = distributed.all_reduce_sum([float(loss)], self.world)
         mean_loss /= self.world.size
         now = time.perf_counter()
-        tokens_per_s = (self.tokens - self.last_log[1]) / max(1e-9, now - self.last_log[0])
-        self.last_log = (now, self.tokens)
-        mfu = tokens_per_s * self.flops_per_token / self.peak_flops
+        then, tokens_then, flops_then = self.last_log
+        seconds = max(1e-9, now - then)
+        tokens_per_s = (self.tokens - tokens_then) / seconds
+        mfu = (self.flops - flops_then) / seconds / self.peak_flops
+        self.last_log = (now, self.tokens, self.flops)
         elapsed = self._elapsed()
         record = {
             "kind": "train", "step": self.step, "tokens": self.tokens, "elapsed_s": round(elapsed, 3),
             "loss": mean_loss, "lr": self.lr_factor * self.cfg.optim.lr, "lr_factor": self.lr_factor,
-            "tokens_per_s": round(tokens_per_s, 1), "mfu": round(mfu, 4),
+            "tokens_per_s": round(tokens_per_s, 1), "mfu": round(mfu, 4), "context": self.phase.context,
         }  # fmt: skip
         self._record(record)
         self.progress_bar.update(
@@ -337,8 +407,10 @@ class _Run:
     def _evaluate(self) -> dict:
         cfg = self.cfg
         started = time.perf_counter()
+        # The model's context in every phase, in batches of the last phase's micro-batch (whose windows
+        # are that long), so evaluation needs no more memory than a training step at the model's context.
         val_loss, n_pred = validation_loss(
-            self.model, self.val_tokens, self.context, batch_size=self.micro_batch,
+            self.model, self.val_tokens, self.context, batch_size=self.phases[-1].micro_batch,
             max_tokens=cfg.eval.max_tokens, device=self.device, autocast=self.autocast, world=self.world,
         )  # fmt: skip
         if not hasattr(self, "_val_bytes"):
@@ -371,7 +443,8 @@ class _Run:
             state = {
                 "step": self.step, "tokens": self.tokens, "elapsed_s": self._elapsed(),
                 "best_val_loss": self.best_val, "optimizer": self.optimizer.state_dict(),
-                "loader": self.loader.state_dict(), "rng": ckpt.rng_states(), "world_size": self.world.size,
+                "loader": {"phases": [p.loader.state_dict() for p in self.phases]},
+                "rng": ckpt.rng_states(), "world_size": self.world.size,
                 "config": dataclasses.asdict(self.cfg),
             }  # fmt: skip
             extra = {"step": self.step, "tokens": self.tokens, "val_loss": val}
