@@ -26,6 +26,7 @@ VARIANTS = {
     "gpt2-like": tiny(pos_encoding="learned", norm="layernorm", mlp="gelu", bias=True, n_kv_heads=4),
     "sinusoidal-relu2": tiny(pos_encoding="sinusoidal", mlp="relu2", tie_embeddings=False),
     "qk-norm": tiny(qk_norm=True, bias=True),
+    "ngram": tiny(ngram_orders=[3, 2], ngram_buckets=211, qk_norm=True),
 }
 
 
@@ -49,6 +50,9 @@ def make(config: ModelConfig, seed: int = 0) -> Transformer:
         (dict(attn_impl="flash"), "unknown attn_impl"),
         (dict(n_layers=0), "n_layers must be a positive integer"),
         (dict(dropout=1.0), "dropout"),
+        (dict(ngram_orders=[1]), "ngram_orders must be integers from 2 to 8"),
+        (dict(ngram_orders=[3, 3]), "repeats an order"),
+        (dict(ngram_buckets=0), "ngram_buckets must be a positive integer"),
     ],
 )
 def test_invalid_config_is_refused_with_a_clear_message(changes, words):
@@ -303,3 +307,54 @@ def test_device_choice_and_autocast():
         assert torch.is_autocast_enabled("cpu")
     with pytest.raises(ScratchError, match="unknown dtype"):
         autocast_context("cpu", "float8")
+
+
+# --- hashed n-gram input embeddings ---------------------------------------------------------------------
+
+
+def slow_ngram_buckets(
+    row: list[int], positions: list[int], n: int, buckets: int, start_id: int
+) -> list[int]:
+    """The n-gram hash written out per token: the tokens t-n+1..t (start_id before position 0)."""
+    from scratchlm.model.ngram import _MULTIPLIERS
+
+    out = []
+    for t, token in enumerate(row):
+        value = token % buckets
+        for k in range(1, n):
+            before = row[t - k] if positions[t] >= k else start_id
+            value = (value * _MULTIPLIERS[k - 1] + before) % buckets
+        out.append(value)
+    return out
+
+
+def test_ngram_bucket_ids_match_the_hash_written_out():
+    model = make(VARIANTS["ngram"])
+    ids = torch.randint(0, 37, (3, 12))
+    positions = torch.arange(12).expand(3, 12).clone()
+    positions[1] = torch.arange(12) - 4  # a left-padded row: 4 pads, its text starts at slot 4
+    emb = model.ngram_embedding
+    got = emb.bucket_ids(ids, positions)
+    for order, table_ids in zip(emb.orders, got):
+        for b in range(3):
+            row, pos = ids[b].tolist(), positions[b].tolist()
+            want = slow_ngram_buckets(row, pos, order, 211, start_id=37)
+            assert table_ids[b].tolist() == want, (order, b)
+    # The first real token of the padded row sees only the start id before it, never a pad.
+    assert got[0][1, 4] == slow_ngram_buckets([int(ids[1, 4])], [0], 2, 211, 37)[0]
+
+
+def test_ngram_embedding_changes_the_logits_and_is_counted_as_an_embedding():
+    with_ngram, plain = make(VARIANTS["ngram"]), make(tiny(qk_norm=True))
+    ids = torch.randint(0, 37, (2, 10))
+    assert with_ngram.num_params(include_embeddings=False) == plain.num_params(include_embeddings=False)
+    assert with_ngram.num_params() == plain.num_params() + 2 * 211 * 32
+    with torch.no_grad():
+        before = with_ngram(ids)
+        with_ngram.ngram_embedding.tables[0].weight.zero_()
+        with_ngram.ngram_embedding.tables[1].weight.zero_()
+        with_ngram.load_state_dict(
+            {k: v for k, v in plain.state_dict().items()}, strict=False
+        )  # same seed, same other weights: zero n-gram tables give the plain model
+        assert not torch.allclose(before, with_ngram(ids))
+        torch.testing.assert_close(with_ngram(ids), plain(ids))

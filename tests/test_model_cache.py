@@ -17,6 +17,7 @@ VARIANTS = {
         **BASE, n_kv_heads=4, pos_encoding="learned", norm="layernorm", mlp="gelu", bias=True
     ),
     "sinusoidal": ModelConfig(**BASE, n_kv_heads=2, pos_encoding="sinusoidal"),
+    "ngram": ModelConfig(**BASE, n_kv_heads=2, qk_norm=True, ngram_orders=[2, 4], ngram_buckets=101),
 }
 
 

@@ -50,6 +50,7 @@ _LLAMA_REQUIRES = {
     "mlp": "swiglu",
     "bias": False,
     "qk_norm": False,
+    "ngram_orders": [],
 }
 
 
@@ -87,7 +88,7 @@ def check_llama_compatible(config: ModelConfig) -> None:
             raise ScratchError(
                 f"cannot export to Hugging Face Llama: model config {field}={value!r}, "
                 f"Llama needs {wanted!r}; "
-                "only rope/rmsnorm/swiglu models without bias or qk_norm export"
+                "only rope/rmsnorm/swiglu models without bias, qk_norm or n-gram embeddings export"
             )
 
 

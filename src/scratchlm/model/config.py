@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from scratchlm.errors import ScratchError
 
@@ -37,6 +37,8 @@ class ModelConfig:
     `d_ff` None means 4*d_model for gelu/relu2 and `swiglu_hidden(d_model)` for swiglu. Both are resolved
     in `__post_init__`, so `to_dict()` always records explicit numbers.
     `attn_impl` picks SDPA (fast) or the explicit masked softmax (the reference the tests compare against).
+    `ngram_orders` adds hashed n-gram input embeddings (e.g. [3]: the last three tokens), see
+    `model/ngram.py`; empty (the default) is a plain Llama/GPT input.
     """
 
     vocab_size: int = 65
@@ -57,8 +59,11 @@ class ModelConfig:
     dropout: float = 0.0
     init_std: float = 0.02
     attn_impl: str = "sdpa"
+    ngram_orders: list[int] = field(default_factory=list)
+    ngram_buckets: int = 8192
 
     def __post_init__(self) -> None:
+        self.ngram_orders = sorted(self.ngram_orders or [])
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.d_ff is None:
@@ -97,6 +102,12 @@ class ModelConfig:
             raise bad(f"sinusoidal positions need an even d_model, got {self.d_model}")
         if not 0.0 <= self.dropout < 1.0:
             raise bad(f"dropout must be in [0, 1), got {self.dropout}")
+        if any(not isinstance(n, int) or isinstance(n, bool) or not 2 <= n <= 8 for n in self.ngram_orders):
+            raise bad(f"ngram_orders must be integers from 2 to 8 (2 = bigram), got {self.ngram_orders!r}")
+        if len(set(self.ngram_orders)) != len(self.ngram_orders):
+            raise bad(f"ngram_orders repeats an order: {self.ngram_orders!r}")
+        if not isinstance(self.ngram_buckets, int) or self.ngram_buckets <= 0:
+            raise bad(f"ngram_buckets must be a positive integer, got {self.ngram_buckets!r}")
         if self.rope_theta <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
             raise bad("rope_theta, norm_eps and init_std must be positive")
 

@@ -37,6 +37,8 @@ class KVCache:
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.mask = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)  # real-token slots
         self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
+        # The token ids of the filled slots: n-gram input embeddings read the tokens before a new one.
+        self.tokens = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)
         self.length = 0  # slots filled, the same for every row
         self.padded = False  # some filled slot holds a pad (then every later step needs a mask)
         self.batch_size = batch_size
@@ -64,9 +66,18 @@ class KVCache:
         self.values[layer][:, :, start:end] = v.to(self.values[layer].dtype)
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
-    def advance(self, n_new: int, positions: torch.Tensor, new_mask: torch.Tensor | bool = True) -> None:
-        """Record that n_new slots were filled: (B, n_new) positions, (B, n_new) bool real-token mask."""
+    def advance(
+        self,
+        n_new: int,
+        positions: torch.Tensor,
+        new_mask: torch.Tensor | bool = True,
+        token_ids: torch.Tensor | None = None,
+    ) -> None:
+        """Record that n_new slots were filled: (B, n_new) positions, (B, n_new) bool real-token mask,
+        and the (B, n_new) token ids that filled them."""
         self.mask[:, self.length : self.length + n_new] = new_mask
+        if token_ids is not None:
+            self.tokens[:, self.length : self.length + n_new] = token_ids
         if isinstance(new_mask, torch.Tensor) and not self.padded:
             self.padded = not bool(new_mask.all())
         self.next_position = positions[:, -1] + 1

@@ -11,7 +11,8 @@ no device policy, no parallelism (those belong to `train/`).
 Parameter names, for interop: `token_embedding`, `position_embedding` (learned only),
 `layers.{i}.attn_norm`, `layers.{i}.attention.{q,k,v,o}_proj`, `layers.{i}.attention.{q,k}_norm`
 (QK-norm only), `layers.{i}.mlp_norm`, `layers.{i}.mlp.{gate,up,down}_proj` (gate: SwiGLU only),
-`final_norm`, `lm_head` (the same tensor as `token_embedding.weight` when tied). Linear weights are
+`final_norm`, `lm_head` (the same tensor as `token_embedding.weight` when tied), and
+`ngram_embedding.tables.{i}` (hashed n-gram embeddings, only with `ngram_orders`). Linear weights are
 `[out, in]`, as in Hugging Face.
 """
 
@@ -27,6 +28,7 @@ from scratchlm.model.attention import Attention
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.kv_cache import KVCache
 from scratchlm.model.layers import make_mlp, make_norm, rope_cos_sin, sinusoidal_embedding
+from scratchlm.model.ngram import NgramEmbedding
 
 
 def _embedding(n: int, dim: int) -> nn.Embedding:
@@ -56,6 +58,10 @@ class Transformer(nn.Module):
         self.token_embedding = _embedding(config.vocab_size, config.d_model)
         if config.pos_encoding == "learned":
             self.position_embedding = _embedding(config.context_length, config.d_model)
+        if config.ngram_orders:
+            self.ngram_embedding = NgramEmbedding(
+                config.vocab_size, config.d_model, config.ngram_orders, config.ngram_buckets
+            )
         self.embed_dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.final_norm = make_norm(config)
@@ -163,6 +169,8 @@ class Transformer(nn.Module):
         attn_mask, is_causal = self._attention_mask(key_mask, past, T, device)
 
         x = self.token_embedding(input_ids)  # (B, T, d)
+        if cfg.ngram_orders:
+            x = x + self.ngram_embedding(input_ids, positions, self._earlier_tokens(cache))
         rope = None
         if cfg.pos_encoding == "rope":
             rope = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, x.dtype)  # 2 x (B, 1, T, hd)
@@ -175,8 +183,14 @@ class Transformer(nn.Module):
             x = block(x, rope, attn_mask, is_causal, cache)
         if cache is not None:
             new_mask = key_mask[:, past:] if key_mask is not None else True
-            cache.advance(T, positions, new_mask)
+            cache.advance(T, positions, new_mask, input_ids)
         return self.lm_head(self.final_norm(x))  # (B, T, V)
+
+    def _earlier_tokens(self, cache: KVCache | None) -> torch.Tensor | None:
+        """The last tokens a KV cache holds, as many as the n-gram embedding looks back (or None)."""
+        if cache is None or cache.length == 0:
+            return None
+        return cache.tokens[:, max(0, cache.length - self.ngram_embedding.history) : cache.length]
 
     @staticmethod
     def _key_mask(attention_mask, cache, B, T, device) -> torch.Tensor | None:
@@ -228,6 +242,8 @@ class Transformer(nn.Module):
         n = sum(p.numel() for p in self.parameters())  # parameters() already skips the tied duplicate
         if not include_embeddings:
             n -= self.token_embedding.weight.numel()
+            if self.config.ngram_orders:
+                n -= sum(p.numel() for p in self.ngram_embedding.parameters())
             if self.config.pos_encoding == "learned":
                 n -= self.position_embedding.weight.numel()
         return n
