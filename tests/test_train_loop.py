@@ -170,3 +170,22 @@ def test_gradient_accumulation_matches_one_big_batch(corpus, tmp_path):
         runs[accum] = [r["loss"] for r in read_metrics(tmp_path / f"accum{accum}" / "metrics.jsonl", "train")]
     assert runs[2] == pytest.approx(runs[1], rel=1e-4, abs=1e-5)
     assert runs[1][-1] < runs[1][0]
+
+
+def test_tensorboard_gets_the_same_scalars_as_metrics_jsonl(corpus, tmp_path):
+    pytest.importorskip("tensorboard", reason="the optional tensorboard extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    cfg = load_pretrain_config(None, tiny_overrides(corpus, steps=4, **{"logging.tensorboard": "true"}))
+    pretrain(cfg, run, say=lambda *_: None)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "train/tokens_per_s", "eval/val_loss", "eval/val_bpb"} <= set(
+        events.Tags()["scalars"]
+    )
+    logged = [(r["step"], r["loss"]) for r in read_metrics(run / "metrics.jsonl", "train")]
+    shown = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert [s for s, _ in shown] == [s for s, _ in logged] == [1, 2, 3, 4]
+    for (_, a), (_, b) in zip(shown, logged):
+        assert a == pytest.approx(b, rel=1e-6)  # TensorBoard stores float32
