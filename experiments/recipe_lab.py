@@ -56,6 +56,13 @@ DEFAULTS = {
     "dropout": 0.0,  # project model only
     "muon_wd": 0.0,
     "impl": "lab",  # lab (LabGPT below) | project (scratchlm.model.Transformer)
+    "bigram": 0,  # lab: add an embedding of (previous char, char) to the input
+    "trigram": 0,  # lab: add a hashed embedding of the last three chars (ngram_buckets rows)
+    "quadgram": 0,  # lab: add a hashed embedding of the last four chars
+    "ngram_buckets": 8192,
+    "ngram_scale": 1.0,  # lab: n-gram tables' output times this, init std divided by it (Adam lr x scale)
+    "value_embed": 0,  # lab: per-layer token embeddings added to the values (modded-nanogpt)
+    "unet": 0,  # lab: skip connections from the first half of the blocks to the second (modded-nanogpt)
 }
 
 
@@ -91,9 +98,11 @@ class Block(nn.Module):
             nn.init.zeros_(self.proj.weight)
             nn.init.zeros_(self.down.weight)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, ve=None):
         B, T, D = x.shape
         q, k, v = self.qkv(self.n1(x)).view(B, T, 3, self.h, D // self.h).unbind(2)  # (B, T, H, hd) each
+        if ve is not None:
+            v = v + ve.view(B, T, self.h, D // self.h)
         if self.c["qk_norm"]:
             q, k = self.qn(q), self.kn(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
@@ -125,9 +134,24 @@ class LabGPT(nn.Module):
         self.blocks = nn.ModuleList(Block(c) for _ in range(c["n_layers"]))
         self.norm = nn.RMSNorm(c["d_model"])
         self.head = nn.Linear(c["d_model"], vocab, bias=False)
+        d = c["d_model"]
+        self.vocab = vocab
+        if c["bigram"]:
+            self.bigram = nn.Embedding((vocab + 1) * vocab, d)
+        if c["trigram"]:
+            self.trigram = nn.Embedding(c["ngram_buckets"], d)
+        if c["quadgram"]:
+            self.quadgram = nn.Embedding(c["ngram_buckets"], d)
+        if c["value_embed"]:
+            self.ve = nn.ModuleList(nn.Embedding(vocab, d) for _ in range(c["n_layers"]))
+        if c["unet"]:
+            self.skip_w = nn.Parameter(torch.ones(c["n_layers"] // 2))
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)) and m.weight.abs().sum() > 0:
                 nn.init.normal_(m.weight, std=c["init_std"])
+        for name in ("bigram", "trigram", "quadgram"):
+            if c[name]:
+                nn.init.normal_(getattr(self, name).weight, std=c["init_std"] / c["ngram_scale"])
         if c["tied"]:
             self.head.weight = self.embed.weight
         hd = c["d_model"] // c["n_heads"]
@@ -139,9 +163,29 @@ class LabGPT(nn.Module):
     def forward(self, idx):
         T = idx.size(1)
         x = self.embed(idx)
+        V = self.vocab
+        if self.c["bigram"] or self.c["trigram"] or self.c["quadgram"]:
+            p1 = F.pad(idx[:, :-1], (1, 0), value=V)  # previous char, V where the window starts
+        if self.c["bigram"]:
+            x = x + self.c["ngram_scale"] * self.bigram(p1 * V + idx)
+        if self.c["trigram"]:
+            p2 = F.pad(p1[:, :-1], (1, 0), value=V)
+            h = ((p2 * 1000003 + p1) * 999983 + idx) % self.c["ngram_buckets"]
+            x = x + self.c["ngram_scale"] * self.trigram(h)
+        if self.c["quadgram"]:
+            p2 = F.pad(p1[:, :-1], (1, 0), value=V)
+            p3 = F.pad(p2[:, :-1], (1, 0), value=V)
+            h = (((p3 * 1000003 + p2) * 999983 + p1) * 1000033 + idx) % self.c["ngram_buckets"]
+            x = x + self.c["ngram_scale"] * self.quadgram(h)
         cos, sin = self.cos[:T], self.sin[:T]
-        for b in self.blocks:
-            x = b(x, cos, sin)
+        n = len(self.blocks)
+        skips = []
+        for i, b in enumerate(self.blocks):
+            if self.c["unet"] and i >= n - n // 2:
+                x = x + self.skip_w[n - 1 - i] * skips.pop()
+            x = b(x, cos, sin, self.ve[i](idx) if self.c["value_embed"] else None)
+            if self.c["unet"] and i < n // 2:
+                skips.append(x)
         logits = self.head(self.norm(x))
         if self.c["softcap"]:
             cap = self.c["softcap"]

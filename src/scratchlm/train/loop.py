@@ -82,9 +82,12 @@ class _Phase:
 def pretrain(config: PretrainConfig, out_dir: str | Path, resume: bool = False, say=print) -> RunResult:
     """Train `config` into the run folder `out_dir` (continuing its newest intact checkpoint if `resume`)."""
     from scratchlm.model import pick_device
+    from scratchlm.model.device import keep_freed_cpu_memory
 
     check_budget(config)
     world = distributed.setup(pick_device(config.device))
+    if world.device.type == "cpu":
+        keep_freed_cpu_memory()  # re-allocated activations stop page-faulting every step
     try:
         return _Run(config, Path(out_dir), world, say if world.is_main else (lambda *_: None)).train(resume)
     finally:
