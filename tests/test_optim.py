@@ -230,3 +230,35 @@ def test_bad_settings_are_user_errors():
         OptimConfig(lr=0.0)
     with pytest.raises(ScratchError, match="muon_ns_dtype"):
         OptimConfig(muon_ns_dtype="float16")
+    with pytest.raises(ScratchError, match="muon_momentum_start"):
+        OptimConfig(muon_momentum_start=1.0)
+
+
+def test_muon_momentum_warmup_ramps_linearly_then_holds():
+    cfg = OptimConfig(muon_momentum=0.95, muon_momentum_start=0.85, muon_momentum_warmup=4)
+    assert [round(cfg.muon_momentum_at(s), 4) for s in range(6)] == [0.85, 0.875, 0.9, 0.925, 0.95, 0.95]
+    assert OptimConfig(muon_momentum=0.9).muon_momentum_at(0) == 0.9  # off by default
+
+
+def test_the_loop_gives_muon_the_warmed_up_momentum(tmp_path, monkeypatch):
+    from test_train_support import tiny_corpus, tiny_overrides
+
+    from scratchlm.train import load_pretrain_config, pretrain
+
+    class Factory:  # tiny_corpus wants a tmp_path_factory
+        @staticmethod
+        def mktemp(name):
+            (tmp_path / name).mkdir()
+            return tmp_path / name
+
+    seen, real_step = [], MuonAdamW.step
+
+    def spy(self, *args, **kwargs):
+        seen.append([g["momentum"] for g in self.param_groups if g.get("kind") == "muon"][0])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(MuonAdamW, "step", spy)
+    settings = {"optim.muon_momentum_warmup": 2, "optim.muon_momentum_start": 0.5, "optim.muon_momentum": 0.9}
+    cfg = load_pretrain_config(None, tiny_overrides(tiny_corpus(Factory), steps=4, **settings))
+    pretrain(cfg, tmp_path / "run", say=lambda *_: None)
+    assert seen == pytest.approx([0.5, 0.7, 0.9, 0.9])

@@ -340,8 +340,11 @@ class _Run:
     def _train_step(self, progress: float) -> torch.Tensor:
         """One optimizer step; returns the step's mean loss (detached, averaged over ranks when logged)."""
         factor = lr_factor(self.cfg.schedule, self.step, progress)
+        momentum = self.cfg.optim.muon_momentum_at(self.step)  # a function of the step: resume stays exact
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
+            if group.get("kind") == "muon":
+                group["momentum"] = momentum
         self.lr_factor = factor
         # The phase follows progress, which only grows in a run, so a step or token budget switches at
         # the same step every time (the resume tests rely on it). Off: until is 0 and the one phase runs.

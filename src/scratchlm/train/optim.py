@@ -56,6 +56,10 @@ class OptimConfig:
     weight_decay: float = 0.1  # decoupled AdamW decay, applied to matrices only
     muon_lr: float = 0.02  # Muon learning rate (spectral step size) for hidden matrices
     muon_momentum: float = 0.95
+    # Momentum warmup (modded-nanogpt): start at muon_momentum_start and rise linearly to muon_momentum
+    # over the first muon_momentum_warmup steps (0: off): early gradients change fast, a long EMA lags.
+    muon_momentum_start: float = 0.85
+    muon_momentum_warmup: int = 0
     muon_nesterov: bool = True
     muon_ns_steps: int = 5  # Newton-Schulz iterations
     muon_ns_dtype: str = "bfloat16"  # dtype of the Newton-Schulz matmuls ("bfloat16" or "float32")
@@ -72,6 +76,15 @@ class OptimConfig:
                 raise ScratchError(f"optim.{key} must be > 0, got {getattr(self, key)}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and 0 <= self.muon_momentum < 1):
             raise ScratchError("optim: beta1, beta2 and muon_momentum must lie in [0, 1)")
+        if not 0 <= self.muon_momentum_start < 1 or self.muon_momentum_warmup < 0:
+            raise ScratchError("optim: muon_momentum_start must lie in [0, 1) and muon_momentum_warmup >= 0")
+
+    def muon_momentum_at(self, step: int) -> float:
+        """Muon's momentum for optimizer step `step` (0-based): the warmup ramp, then muon_momentum."""
+        if step >= self.muon_momentum_warmup:
+            return self.muon_momentum
+        frac = step / self.muon_momentum_warmup
+        return self.muon_momentum_start + frac * (self.muon_momentum - self.muon_momentum_start)
 
 
 def parameter_roles(model: nn.Module) -> dict[str, list[nn.Parameter]]:
