@@ -137,3 +137,24 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def read_tagged_json(path: Path, fmt: str, what: str, redo: str, version: int | None = None) -> dict:
+    """A JSON object that names its own format (and version): a manifest or a saved tokenizer.
+
+    Every way it can be wrong is a one-line ScratchError naming the file and what to do (`redo`):
+    unreadable or truncated JSON, another format, another version of this one.
+    """
+    from scratchlm.errors import ScratchError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ScratchError(f"{path} is corrupt ({e}); {redo}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise ScratchError(f"{path} is not a scratchlm {what} (format {fmt!r} expected); {redo}")
+    if version is not None and data.get("version") != version:
+        raise ScratchError(
+            f"{path} has {what} version {data.get('version')!r}; this scratchlm reads version {version}"
+        )
+    return data

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import multiprocessing
 import os
 import re
@@ -35,7 +34,7 @@ from tqdm import tqdm
 from scratchlm import __version__
 from scratchlm.data.corpora import Corpus, load_corpus
 from scratchlm.errors import ScratchError
-from scratchlm.fileio import atomic_dir, sha256_file, write_json_atomic
+from scratchlm.fileio import atomic_dir, read_tagged_json, sha256_file, write_json_atomic
 
 FORMAT = "scratchlm-shards/1"
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB of uint16 per file: few files, each easy to copy and checksum
@@ -263,15 +262,7 @@ def read_manifest(shard_dir: str | os.PathLike) -> dict:
             f"{folder} has no manifest.json, so it is not a complete shard folder (an interrupted prepare?); "
             "run scratchlm prepare again"
         )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ScratchError(f"{path} is not valid JSON ({e}); run scratchlm prepare again") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ScratchError(
-            f"{path} is not a scratchlm shard manifest ({FORMAT}); run scratchlm prepare again"
-        )
-    return manifest
+    return read_tagged_json(path, FORMAT, "shard manifest", "run scratchlm prepare again")
 
 
 def check_fingerprint(manifest: dict, expected: str | None, where: str) -> None:

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from scratchlm import __version__
 from scratchlm.errors import ScratchError
-from scratchlm.fileio import atomic_dir, sha256_file
+from scratchlm.fileio import atomic_dir, read_tagged_json, sha256_file
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.device import pick_device, resolve_dtype
 from scratchlm.model.transformer import Transformer
@@ -96,18 +96,7 @@ def read_manifest(directory: str | Path) -> dict:
             f"model folder {directory} is incomplete (missing {', '.join(missing)}); "
             "it was not fully written: save or train it again"
         )
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ScratchError(f"{directory / MANIFEST} is corrupt ({e}); save the model again") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ScratchError(f"{directory / MANIFEST} is not a scratchlm model manifest")
-    if manifest.get("version") != VERSION:
-        raise ScratchError(
-            f"{directory} has model folder version {manifest.get('version')!r}; "
-            f"this scratchlm reads version {VERSION}"
-        )
-    return manifest
+    return read_tagged_json(directory / MANIFEST, FORMAT, "model manifest", "save the model again", VERSION)
 
 
 def verify_files(directory: str | Path, manifest: dict) -> None:

@@ -37,7 +37,8 @@ class KVCache:
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.mask = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)  # real-token slots
         self.next_position = torch.zeros(batch_size, dtype=torch.long, device=device)
-        # The token ids of the filled slots: n-gram input embeddings read the tokens before a new one.
+        # The token ids of the filled slots, kept for models with n-gram input embeddings (which read the
+        # tokens before a new one); others leave them unwritten.
         self.tokens = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)
         self.length = 0  # slots filled, the same for every row
         self.padded = False  # some filled slot holds a pad (then every later step needs a mask)

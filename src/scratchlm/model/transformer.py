@@ -183,7 +183,8 @@ class Transformer(nn.Module):
             x = block(x, rope, attn_mask, is_causal, cache)
         if cache is not None:
             new_mask = key_mask[:, past:] if key_mask is not None else True
-            cache.advance(T, positions, new_mask, input_ids)
+            ids = input_ids if cfg.ngram_orders else None  # only n-gram embeddings read them back
+            cache.advance(T, positions, new_mask, ids)
         return self.lm_head(self.final_norm(x))  # (B, T, V)
 
     def _earlier_tokens(self, cache: KVCache | None) -> torch.Tensor | None:

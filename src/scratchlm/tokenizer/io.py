@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchlm.errors import ScratchError
-from scratchlm.fileio import atomic_dir
+from scratchlm.fileio import atomic_dir, read_tagged_json
 
 FORMAT = "scratchlm-tokenizer"
 VERSION = 1
@@ -67,16 +67,7 @@ def read_payload(directory: str | Path) -> dict[str, Any]:
         raise ScratchError(
             f"{directory} is not a tokenizer folder (no {FILENAME}); give the folder a tokenizer was saved to"
         )
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ScratchError(f"{path} is corrupt ({e}); train or save the tokenizer again") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ScratchError(f"{path} is not a scratchlm tokenizer file (format field missing or wrong)")
-    if payload.get("version") != VERSION:
-        raise ScratchError(
-            f"{path} has format version {payload.get('version')!r}; this scratchlm reads version {VERSION}"
-        )
+    payload = read_tagged_json(path, FORMAT, "tokenizer file", "train or save the tokenizer again", VERSION)
     if payload.get("kind") not in KINDS:
         raise ScratchError(
             f"{path}: unknown tokenizer kind {payload.get('kind')!r} (known: {', '.join(KINDS)})"

@@ -19,13 +19,6 @@ from scratchlm.train.loop import RunResult, pretrain
 RECIPE = "shakespeare-char"
 
 
-def recipe_path(name: str) -> Path:
-    """The shipped recipe NAME (installed with the package, so the demo works from a wheel too)."""
-    from scratchlm.config import resolve_recipe
-
-    return resolve_recipe(name)
-
-
 def pick_corpus(say=print) -> str:
     """'shakespeare' if it can be had (cache, mirror, download), else 'pystdlib', said in one line."""
     from scratchlm.data import fetch
@@ -57,7 +50,7 @@ def run_demo(
         # seconds, not minutes; and prompt the sample like code.
         settings += ["eval.max_tokens=131072", "eval.sample_prompt=def "]
     settings += list(overrides)  # the user's --set comes last and wins
-    cfg = load_pretrain_config(recipe_path(RECIPE), settings)
+    cfg = load_pretrain_config(RECIPE, settings)  # the recipe shipped in the package
     say(f"training {RECIPE} on {corpus} for {time_budget} into {out}")
     result = pretrain(cfg, out, say=say)
     say("")
