@@ -30,7 +30,8 @@ import torch
 
 from scratchlm.model import ModelConfig, Transformer, pick_device
 from scratchlm.train import load_pretrain_config, pretrain
-from scratchlm.train.metrics import measure_matmul_flops, read_metrics
+from scratchlm.train.metrics import measure_matmul_flops
+from scratchlm.train.run_dir import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,8 +19,8 @@ from test_train_support import (  # noqa: F401
     train_losses,
 )
 
-from scratchlm.train import checkpoint as ckpt
 from scratchlm.train import load_pretrain_config, pretrain
+from scratchlm.train.run_dir import RunDir
 
 
 # The curriculum (context 8 for steps 1-3, then 16) gives each rank 4 rows of 8, then 2 rows of 16.
@@ -58,4 +58,4 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path_factory, tm
         assert b == pytest.approx(a, rel=1e-4, abs=1e-5), step
     assert (proc.stdout + proc.stderr).count("step 4: val loss") == 1  # only rank 0 prints
     assert sorted(p.name for p in double.iterdir()) == sorted(p.name for p in single.iterdir())
-    assert [s for s, _ in ckpt.list_checkpoints(double)] == [4, 6]
+    assert [s for s, _ in RunDir(double).checkpoints()] == [4, 6]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -142,3 +143,83 @@ def test_benchmark_record_takes_the_step_of_the_evaluated_model(tmp_path):
     save_model(run / "checkpoints" / "step_20", model, tok)
     record = append_benchmark(run, {"t": {"acc": 1.0}}, ckpt=run / "checkpoints" / "step_20")
     assert (record["step"], record["tokens"]) == (20, 1280)
+
+
+def _leftovers(folder, name):
+    """`folder/name` and any temporary of a writer of it (`.name.*`)."""
+    return sorted(p.name for p in folder.iterdir() if p.name == name or p.name.startswith(f".{name}."))
+
+
+def test_a_report_that_fails_midway_leaves_no_folder_and_keeps_an_old_one(tmp_path, monkeypatch):
+    report_module = importlib.import_module(
+        "scratchlm.eval.report"
+    )  # `scratchlm.eval.report` is the function
+
+    run, _, _ = make_run(tmp_path / "run")
+    real_plot, calls = report_module._plot, []
+
+    def plot_then_fail(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) > 1:  # the first plot is written, then the second fails
+            raise RuntimeError("injected plotting failure")
+        return real_plot(path, *args, **kwargs)
+
+    monkeypatch.setattr(report_module, "_plot", plot_then_fail)
+    with pytest.raises(RuntimeError, match="injected"):
+        report(run)
+    assert len(calls) == 2 and _leftovers(run, "report") == []
+
+    monkeypatch.setattr(report_module, "_plot", real_plot)
+    paths = report(run)
+    (run / "report" / "notes.txt").write_text("mine")  # a file of the user's in the folder stays
+    before = {p.name: p.read_bytes() for p in (run / "report").iterdir()}
+    calls.clear()
+    monkeypatch.setattr(report_module, "_plot", plot_then_fail)
+    with pytest.raises(RuntimeError, match="injected"):
+        report(run)
+    assert {p.name: p.read_bytes() for p in (run / "report").iterdir()} == before  # the old one, whole
+    assert _leftovers(run, "report") == ["report"]
+    monkeypatch.setattr(report_module, "_plot", real_plot)
+    assert report(run) == paths and (run / "report" / "notes.txt").read_text() == "mine"
+
+
+def test_a_compare_that_fails_midway_leaves_no_folder(tmp_path, monkeypatch):
+    compare_module = importlib.import_module("scratchlm.eval.compare")
+
+    a, _, _ = make_run(tmp_path / "a")
+
+    def fail(*args, **kwargs):  # after compare.png and compare.md are written
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(compare_module, "to_html", fail)
+    with pytest.raises(RuntimeError, match="injected"):
+        compare([a], tmp_path / "out" / "cmp")
+    assert _leftovers(tmp_path / "out", "cmp") == []
+
+
+def _without_matplotlib(monkeypatch):
+    import sys
+
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import` of these now raises ImportError
+
+
+def test_without_matplotlib_report_and_compare_say_what_to_install(tmp_path, monkeypatch, capsys):
+    run, _, _ = make_run(tmp_path / "run")
+    _without_matplotlib(monkeypatch)
+    assert main(["report", str(run)]) == 2
+    assert main(["compare", str(run), "--out", str(tmp_path / "cmp")]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    assert len(err) == 2 and "Traceback" not in captured.err
+    assert all(line.startswith("scratchlm: error: the plots need matplotlib") for line in err)
+    assert all("pip install 'matplotlib>=3.7'" in line for line in err)
+    assert _leftovers(run, "report") == [] and _leftovers(tmp_path, "cmp") == []
+
+
+def test_matplotlib_is_a_dependency_not_an_extra():
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert any(dep.split(">")[0].strip() == "matplotlib" for dep in project["dependencies"])

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+from typing import Literal
+
 import pytest
 import torch
 
-from scratchlm.cli import main
+from scratchlm.cli import build_parser, main
+from scratchlm.cli.derive import add_dataclass_arguments, dataclass_from_args
+from scratchlm.generate import SamplingConfig
 from scratchlm.model import ModelConfig, Transformer
 from scratchlm.model.folder import load_model, save_model
 from scratchlm.tokenizer import train_char
@@ -84,3 +90,63 @@ def test_export_refuses_a_gpt2_style_model(tmp_path, capsys):
     save_model(tmp_path / "m", Transformer(cfg), tok)
     code, _, err = run(capsys, "export", "hf", "--ckpt", tmp_path / "m", "--out", tmp_path / "hf")
     assert code == 2 and "pos_encoding" in err
+
+
+def _generate_parser() -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["generate"]
+
+
+def test_every_sampling_field_has_a_flag_listed_in_help(capsys):
+    flags = {a.dest: a.option_strings for a in _generate_parser()._actions}
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    help_text = capsys.readouterr().out
+    for f in dataclasses.fields(SamplingConfig):
+        assert f.name in flags, f"SamplingConfig.{f.name} has no scratchlm generate flag"
+        assert any(flag in help_text for flag in flags[f.name]), f.name
+        assert f.metadata.get("help"), f"SamplingConfig.{f.name} has no help text"
+    for flag in ("--max-new-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty"):
+        assert flag in help_text
+    for flag in ("--seed", "--stop", "--ignore-eot", "--truncate"):
+        assert flag in help_text
+    assert "0 = greedy (default 1.0)" in help_text
+
+
+def test_generate_flags_build_the_sampling_config():
+    parser = _generate_parser()
+    args = parser.parse_args(["--ckpt", "m"])
+    assert dataclass_from_args(SamplingConfig, args) == SamplingConfig()
+    argv = ["--ckpt", "m", "--max-new-tokens", "9", "--temperature", "0.5", "--top-k", "3", "--top-p", "0.8"]
+    argv += ["--repetition-penalty", "1.2", "--seed", "4", "--stop", "a\\n", "--stop", "b", "--ignore-eot"]
+    got = dataclass_from_args(SamplingConfig, parser.parse_args(argv + ["--truncate", "error"]))
+    want = SamplingConfig(9, 0.5, 3, 0.8, 1.2, 4, ["a\n", "b"], stop_at_eot=False, truncate="error")
+    assert got == want
+
+
+@dataclasses.dataclass
+class _Knobs:
+    count: int = 2
+    rate: float | None = None
+    name: str = "x"
+    fast: bool = False
+    tags: list[str] = dataclasses.field(default_factory=list, metadata={"help": "a tag"})
+    mode: Literal["a", "b"] = "a"
+
+
+def test_derive_handles_each_kind_of_field():
+    parser = argparse.ArgumentParser()
+    actions = add_dataclass_arguments(parser, _Knobs, rename={"name": "--label"}, help={"count": "how many"})
+    assert set(actions) == {"count", "rate", "name", "fast", "tags", "mode"}
+    assert dataclass_from_args(_Knobs, parser.parse_args([])) == _Knobs()
+    args = parser.parse_args(["--count", "5", "--rate", "0.5", "--label", "y", "--fast", "--tags", "p"])
+    args = parser.parse_args(["--tags", "q", "--mode", "b", "--no-fast"], namespace=args)
+    assert dataclass_from_args(_Knobs, args) == _Knobs(5, 0.5, "y", False, ["p", "q"], "b")
+    assert dataclass_from_args(_Knobs, parser.parse_args([])).tags == []  # the default list is not shared
+    text = parser.format_help()
+    assert "how many (default 2)" in text and "a tag" in text and "--no-fast" in text
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--mode", "c"])
+    skipped = argparse.ArgumentParser()
+    add_dataclass_arguments(skipped, _Knobs, skip=("fast", "tags"))
+    assert dataclass_from_args(_Knobs, skipped.parse_args(["--count", "1"])) == _Knobs(count=1)

@@ -1,4 +1,5 @@
-"""The decoding engine against its slow twins: cache vs full recompute, batch vs one prompt at a time."""
+"""The decoding engine against its slow twins: cache vs full recompute, batch vs one prompt at a time;
+the step iterator's log-probabilities against a full recompute and a hand computation."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from scratchlm.errors import ScratchError
-from scratchlm.generate import SamplingConfig, generate, generate_ids
+from scratchlm.generate import SamplingConfig, decode_steps, generate, generate_ids, generate_stream
 from scratchlm.generate.stream import TextStream
 from scratchlm.model import ModelConfig, Transformer
 
@@ -103,15 +104,75 @@ def test_text_stop_string_and_streaming_pieces():
     model, tok = tiny_model(), ByteTokenizer()
     base = SamplingConfig(max_new_tokens=30, temperature=0, stop_at_eot=False)
     free = generate(model, tok, ["Hello", "é"], base)
-    stop = free[0][6:9]
-    pieces: dict[int, list[str]] = {0: [], 1: []}
+    stop = free[0][6:9]  # three bytes: the stop string arrives over several tokens
+    assert len(tok.encode(stop)) >= 3
     cfg = SamplingConfig(max_new_tokens=30, temperature=0, stop=[stop], stop_at_eot=False)
-    got = generate(model, tok, ["Hello", "é"], cfg, on_token=lambda row, text: pieces[row].append(text))
+    got = generate(model, tok, ["Hello", "é"], cfg)
     assert got[0] == free[0][: free[0].find(stop)]
     assert got[1] == (free[1][: free[1].find(stop)] if stop in free[1] else free[1])
+    steps = list(generate_stream(model, tok, ["Hello", "é"], cfg))
     for row in (0, 1):
-        assert "".join(pieces[row]) == got[row]
+        assert "".join(s.texts[row] for s in steps) == got[row]
+    # Row 0 finishes at its stop string and says so at every later step, with no more text.
+    first = next(i for i, s in enumerate(steps) if s.finished[0])
+    assert first < len(steps) - 1 and not steps[first].finished[1]
+    assert all(s.finished[0] and s.texts[0] == "" for s in steps[first + 1 :])
+    assert not any(s.finished[0] for s in steps[:first])
     assert generate(model, tok, ["Hello"], base, use_cache=False) == free[:1]
+
+
+def test_steps_tokens_equal_generate_ids():
+    model = tiny_model()
+    cfg = SamplingConfig(max_new_tokens=12, temperature=0.8, top_k=40, seed=2)
+    want = generate_ids(model, PROMPTS, cfg)
+    eot = want[1][3]  # an end-of-text that ends row 1 early (and any other row that samples it)
+    want = generate_ids(model, PROMPTS, cfg, eot_id=eot)
+    got: list[list[int]] = [[] for _ in PROMPTS]
+    for step in decode_steps(model, None, PROMPTS, cfg, eot_id=eot):
+        assert step.texts == ["", "", ""]
+        for row, tok in enumerate(step.token_ids):
+            if not step.finished[row]:
+                got[row].append(tok)
+    assert got == want and len(want[1]) == 3
+
+
+def _full_recompute_logits(model, prompt: list[int], new: list[int]) -> torch.Tensor:
+    """Logits predicting each new token, from one forward over the whole sequence: (len(new), V)."""
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + new]))[0].float()  # (T, V)
+    return logits[len(prompt) - 1 : len(prompt) - 1 + len(new)]
+
+
+def test_raw_logprobs_equal_full_recompute_for_a_padded_batch():
+    model = tiny_model()  # random weights (init_std 0.3, fixed seed): logits far from uniform
+    cfg = SamplingConfig(max_new_tokens=20, temperature=1.0, seed=4)  # 7 + 20 < 32: no window slide
+    steps = list(decode_steps(model, None, PROMPTS, cfg))
+    assert len(steps) == 20
+    for row, prompt in enumerate(PROMPTS):
+        new = [s.token_ids[row] for s in steps]
+        want = torch.log_softmax(_full_recompute_logits(model, prompt, new), -1)  # (20, V)
+        want = want.gather(-1, torch.tensor(new)[:, None]).squeeze(-1)  # (20,)
+        got = torch.stack([s.raw_logprobs[row] for s in steps])
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert want.std() > 0.1  # a real comparison: the model's confidence varies
+
+
+def test_sampling_logprobs_follow_temperature_and_top_k_by_hand():
+    model = tiny_model()
+    cfg = SamplingConfig(max_new_tokens=10, temperature=0.7, top_k=5, seed=1)
+    steps = list(decode_steps(model, None, PROMPTS, cfg))
+    for row, prompt in enumerate(PROMPTS):
+        new = [s.token_ids[row] for s in steps]
+        logits = _full_recompute_logits(model, prompt, new)
+        for t, tok in enumerate(new):
+            z = (logits[t].double() / 0.7).tolist()
+            top = sorted(z, reverse=True)[:5]
+            assert z[tok] >= top[-1]  # the pick is among the 5 kept
+            want = z[tok] - torch.logsumexp(torch.tensor(top), 0).item()
+            assert steps[t].logprobs[row].item() == pytest.approx(want, abs=1e-4)
+    greedy = list(decode_steps(model, None, PROMPTS, SamplingConfig(max_new_tokens=3, temperature=0)))
+    assert all(s.logprobs.eq(0).all() for s in greedy)  # a point mass, as documented
 
 
 def test_stream_prints_whole_characters_and_holds_back_stop_prefixes():

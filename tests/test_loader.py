@@ -108,22 +108,6 @@ def test_packed_rows_start_at_document_boundaries(shard_dirs):
     assert Counter(seen[:n_rows]) == expected
 
 
-def test_eval_batches_cover_the_split_once(shard_dirs):
-    many, one = shard_dirs
-    tokens = load_tokens(many, "val").astype(np.int64)
-    n = (len(tokens) - 1) // T
-    loaders = [TokenLoader(many, "val", 3, T, rank=r, world_size=2) for r in range(2)]
-    rows = {r: torch.cat([x for x, _ in loaders[r].eval_batches()]) for r in range(2)}
-    targets = {r: torch.cat([y for _, y in loaders[r].eval_batches()]) for r in range(2)}
-    merged = torch.empty(n, T, dtype=torch.int64)
-    merged[0::2], merged[1::2] = rows[0], rows[1]
-    assert torch.equal(merged.flatten(), torch.from_numpy(tokens[: n * T]))
-    merged[0::2], merged[1::2] = targets[0], targets[1]
-    assert torch.equal(merged.flatten(), torch.from_numpy(tokens[1 : n * T + 1]))
-    assert np.array_equal(TokenLoader(one, "val", 1, T).tokens_in_split(), tokens)
-    assert np.array_equal(TokenLoader(many, "val", 1, T).tokens_in_split(), tokens)
-
-
 def test_loader_argument_errors(shard_dirs):
     many, _ = shard_dirs
     for kwargs, message in (

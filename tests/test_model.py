@@ -309,43 +309,6 @@ def test_device_choice_and_autocast():
         autocast_context("cpu", "float8")
 
 
-_PAGE_FAULTS = """
-import resource, sys, torch
-from scratchlm.model.device import keep_freed_cpu_memory
-applied = keep_freed_cpu_memory() if sys.argv[1] == "keep" else None
-def cycle(i):  # a step's activations: six 2-2.6 MB buffers alive at once, a little larger every step
-    xs = [torch.ones(500_000 + 16_384 * i) for _ in range(6)]
-    return sum(float(x[0]) for x in xs)
-cycle(0)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for i in range(1, 11):
-    cycle(i)
-print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-def test_keeping_freed_cpu_memory_stops_the_page_faults_of_every_step():
-    import platform
-    import subprocess
-    import sys
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        pytest.skip("mallopt tuning applies to glibc Linux only")
-
-    def faults(mode: str) -> tuple[str, int]:
-        out = subprocess.run([sys.executable, "-c", _PAGE_FAULTS, mode], capture_output=True, text=True)
-        applied, count = out.stdout.split()
-        return applied, int(count)
-
-    applied, kept = faults("keep")
-    _, default = faults("default")
-    assert applied == "True"
-    # By default each block over glibc's (adaptive) mmap threshold is a fresh mmap, ~500-640 page faults,
-    # every cycle (measured: 34,620 over the 10 cycles). Kept, the heap reuses the freed blocks and only
-    # the growth faults (measured: ~1,450).
-    assert default > 20_000 and kept < 5_000, (default, kept)
-
-
 # --- hashed n-gram input embeddings ---------------------------------------------------------------------
 
 

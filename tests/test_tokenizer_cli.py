@@ -79,3 +79,38 @@ def test_import_gpt2(tmp_path, capsys):
     capsys.readouterr()
     assert main(["tokenizer", "encode", "--tokenizer", str(tmp_path / "gpt2"), "Hello world"]) == 0
     assert capsys.readouterr().out == "15496 995\n"
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("scratchlm: error: ") and "Traceback" not in err
+    return err.strip()
+
+
+def test_out_beneath_a_file_is_one_line_exit_2(corpus, tmp_path, capsys):
+    blocker = tmp_path / "file.txt"  # (root ignores a chmod'ed read-only folder; a file in the way does not)
+    blocker.write_text("keep me")
+    args = ["tokenizer", "train", "--corpus", str(corpus), "--kind", "char", "--out", str(blocker / "sub")]
+    assert main(args) == 2
+    assert _one_error_line(capsys) == f"scratchlm: error: cannot write {blocker}: Not a directory"
+    assert blocker.read_text() == "keep me" and sorted(tmp_path.iterdir()) == sorted([blocker, corpus])
+    with pytest.raises(NotADirectoryError):  # --debug: the traceback
+        main(["--debug", *args])
+
+
+def test_disk_full_while_saving_is_one_line_exit_2_and_leaves_nothing(corpus, tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    def disk_full(src, dst, **kwargs):  # as os.replace reports it: both paths, the source first
+        raise OSError(errno.ENOSPC, "No space left on device", os.fspath(src), None, os.fspath(dst))
+
+    out = tmp_path / "tok"
+    args = ["tokenizer", "train", "--corpus", str(corpus), "--kind", "char", "--out", str(out)]
+    monkeypatch.setattr(os, "replace", disk_full)
+    assert main(args) == 2
+    # the destination is named, not the temporary folder the rename came from
+    assert _one_error_line(capsys) == f"scratchlm: error: cannot write {out}: No space left on device"
+    assert sorted(tmp_path.iterdir()) == [corpus]  # no folder, no temporary
+    with pytest.raises(OSError, match="No space left"):
+        main(["--debug", *args])

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
-import torch
 from test_train_support import tiny_corpus, tiny_overrides, train_losses  # noqa: F401 (fixture)
 
 from scratchlm.errors import ScratchError
-from scratchlm.fileio import sha256_file
 from scratchlm.train import checkpoint as ckpt
 from scratchlm.train import load_pretrain_config, pretrain
 from scratchlm.train.config import DataConfig, check_short_context
-from scratchlm.train.metrics import read_metrics
+from scratchlm.train.run_dir import RunDir, read_metrics
 
 # The tiny model's context is 16: 8 sequences of 8 tokens a step, then 4 of 16.
 CURRICULUM = {"data.short_context": 8, "data.short_context_until": 0.5}
@@ -67,7 +64,7 @@ def test_bad_phase_shapes_fail_before_training(corpus, tmp_path, extra, message)
     cfg = load_pretrain_config(None, tiny_overrides(corpus, steps=4, **{**CURRICULUM, **extra}))
     with pytest.raises(ScratchError, match=message):
         pretrain(cfg, tmp_path / "run", say=lambda *_: None)
-    assert not (tmp_path / "run" / "metrics.jsonl").exists() and not ckpt.list_checkpoints(tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() and not RunDir(tmp_path / "run").checkpoints()
 
 
 def test_phases_switch_at_the_budget_fraction_with_constant_tokens_per_step(corpus, tmp_path):
@@ -83,38 +80,19 @@ def test_phases_switch_at_the_budget_fraction_with_constant_tokens_per_step(corp
     assert read_metrics(tmp_path / "run" / "metrics.jsonl", "eval")[-1]["val_loss"] == result.val_loss
     assert json.loads((tmp_path / "run" / "final" / "config.json").read_text())["context_length"] == 16
     state = ckpt.load_state(tmp_path / "run" / "checkpoints" / "step_8")
-    assert [(s["context_length"], s["batch_size"], s["step"]) for s in state["loader"]["phases"]] == [
+    assert [
+        (s["context_length"], s["batch_size"], s["step"]) for s in state["objective_state"]["phases"]
+    ] == [
         (8, 8, 4),
         (16, 4, 4),
     ]
 
 
-def test_resume_reads_an_old_single_loader_state(corpus, tmp_path):
-    # Checkpoints written before the curriculum hold one loader's state dict, not {"phases": [...]}.
+def test_a_checkpoint_resumes_only_with_the_same_phases(corpus, tmp_path):
     run = tmp_path / "run"
-    cfg = load_pretrain_config(None, tiny_overrides(corpus, steps=8, **{"checkpoint.keep_last": 3}))
+    cfg = load_pretrain_config(None, tiny_overrides(corpus, steps=8))
     pretrain(cfg, run, say=lambda *_: None)
-    reference = train_losses(run)
-    step_4 = run / "checkpoints" / "step_4"
-    state = ckpt.load_state(step_4)
-    state["loader"] = state["loader"]["phases"][0]
-    torch.save(state, step_4 / ckpt.STATE)
-    manifest = ckpt.read_manifest(step_4)
-    manifest["files"][ckpt.STATE] = {
-        "sha256": sha256_file(step_4 / ckpt.STATE),
-        "bytes": (step_4 / ckpt.STATE).stat().st_size,
-    }
-    (step_4 / ckpt.MANIFEST).write_text(json.dumps(manifest))
-    assert ckpt.verify_checkpoint(step_4) is None
-    for path in (run / "checkpoints" / "step_8", run / "final"):
-        shutil.rmtree(path)
-    said = []
-    pretrain(cfg, run, resume=True, say=said.append)
-    assert any("continuing from step_4" in s for s in said), said
-    assert train_losses(run) == reference
-
-    # The same checkpoint cannot continue a curriculum run: the phases do not match.
-    curriculum = load_pretrain_config(None, tiny_overrides(corpus, steps=8, **CURRICULUM))
+    curriculum = load_pretrain_config(None, tiny_overrides(corpus, steps=12, **CURRICULUM))
     with pytest.raises(ScratchError, match=r"1 data phase\(s\) but this config has 2"):
         pretrain(curriculum, run, resume=True, say=lambda *_: None)
 

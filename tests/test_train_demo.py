@@ -9,7 +9,7 @@ import scratchlm.data
 from scratchlm.cli import main
 from scratchlm.errors import ScratchError
 from scratchlm.train.demo import pick_corpus
-from scratchlm.train.metrics import read_metrics
+from scratchlm.train.run_dir import read_metrics
 
 
 def test_demo_trains_on_time_and_says_what_next(tmp_path, capsys):

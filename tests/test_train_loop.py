@@ -18,9 +18,9 @@ from scratchlm.train import checkpoint as ckpt
 from scratchlm.train import load_pretrain_config, pretrain
 from scratchlm.train.config import resolve_model_config
 from scratchlm.train.distributed import World
-from scratchlm.train.evaluate import bits_per_byte, validation_loss, window_starts
-from scratchlm.train.loop import _Run, enable_activation_checkpointing
-from scratchlm.train.metrics import read_metrics
+from scratchlm.train.evaluate import bits_per_byte, validation_loss
+from scratchlm.train.run_dir import RunDir, read_metrics
+from scratchlm.train.trainer import Trainer, enable_activation_checkpointing
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_run_folder_metrics_and_final_model(corpus, tmp_path):
     assert evals[-1]["val_loss"] == result.val_loss < math.log(model_config.vocab_size)
 
     # keep_last=2: steps 4 and 8 remain; final/ holds the same weights as the last checkpoint.
-    assert [s for s, _ in ckpt.list_checkpoints(run)] == [4, 8]
+    assert [s for s, _ in RunDir(run).checkpoints()] == [4, 8]
     assert json.loads((run / "latest.json").read_text())["last"] == "checkpoints/step_8"
     final, tokenizer, _ = load_model(run / "final")
     last, _, _ = load_model(run / "checkpoints" / "step_8")
@@ -66,19 +66,19 @@ def test_run_folder_metrics_and_final_model(corpus, tmp_path):
 
 def test_nan_loss_stops_and_keeps_the_good_checkpoint(corpus, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    original = _Run._train_step
+    original = Trainer._train_step
 
-    def poisoned(self, progress):
-        if self.step == 5:  # the 6th step: after the checkpoint at step 4
+    def poisoned(self, objective, models, optimizers, step, progress):
+        if step == 5:  # the 6th step: after the checkpoint at step 4
             with torch.no_grad():
-                self.model.token_embedding.weight.fill_(float("nan"))
-        return original(self, progress)
+                objective.models["model"].token_embedding.weight.fill_(float("nan"))
+        return original(self, objective, models, optimizers, step, progress)
 
-    monkeypatch.setattr(_Run, "_train_step", poisoned)
+    monkeypatch.setattr(Trainer, "_train_step", poisoned)
     cfg = load_pretrain_config(None, tiny_overrides(corpus, steps=12))
     with pytest.raises(ScratchError, match=r"diverged.*nan.*step 6.*step_4"):
         pretrain(cfg, run, say=lambda *_: None)
-    assert [s for s, _ in ckpt.list_checkpoints(run)] == [4]
+    assert [s for s, _ in RunDir(run).checkpoints()] == [4]
     assert ckpt.verify_checkpoint(run / "checkpoints" / "step_4") is None
     assert not (run / "final").exists()
     assert json.loads((run / "latest.json").read_text())["last"] == "checkpoints/step_4"
@@ -123,23 +123,22 @@ def test_validation_loss_matches_a_token_by_token_twin():
     from contextlib import nullcontext
 
     loss, n_pred = validation_loss(
-        model, tokens, 8, batch_size=2, max_tokens=0, device=torch.device("cpu"), autocast=nullcontext,
-        world=World(),
-    )  # fmt: skip
-    assert n_pred == 44 and window_starts(45, 8) == ([0, 8, 16, 24, 32, 40], 44)
-    # Twin: each window scored on its own, the loss of every predicted token summed.
-    total = 0.0
+        model, tokens, batch_size=2, max_tokens=0, autocast=nullcontext, world=World()
+    )
+    assert n_pred == 44
+    # Twin: consecutive windows of 8 scored one at a time; the last one ends at the last token with a
+    # full window of context and scores only the 4 tokens no earlier window did.
+    total, scored_to = 0.0, 0
     with torch.no_grad():
-        for start in range(0, 44, 8):
-            window = torch.tensor(tokens[start : min(start + 9, 45)].astype(np.int64))[None]
-            logits = model(window[:, :-1])
-            total += F.cross_entropy(logits[0], window[0, 1:], reduction="sum").item()
+        for end in (8, 16, 24, 32, 40, 44):
+            window = torch.tensor(tokens[end - 8 : end + 1].astype(np.int64))[None]  # (1, 9)
+            logits = model(window[:, :-1])[0]  # (8, V)
+            new = end - scored_to  # positions of this window no earlier window scored
+            total += F.cross_entropy(logits[-new:], window[0, 1:][-new:], reduction="sum").item()
+            scored_to = end
     assert loss == pytest.approx(total / 44, rel=1e-6)
     assert bits_per_byte(loss, 44, 44) == pytest.approx(loss / math.log(2))  # one byte per token
-    capped, n = validation_loss(
-        model, tokens, 8, batch_size=4, max_tokens=20, device=torch.device("cpu"), autocast=nullcontext,
-        world=World(),
-    )  # fmt: skip
+    _, n = validation_loss(model, tokens, batch_size=4, max_tokens=20, autocast=nullcontext, world=World())
     assert n == 20
 
 

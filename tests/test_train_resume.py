@@ -18,19 +18,19 @@ from test_train_support import (  # noqa: F401
 
 from scratchlm.train import checkpoint as ckpt
 from scratchlm.train import load_pretrain_config, pretrain
-from scratchlm.train.metrics import read_metrics
+from scratchlm.train.run_dir import RunDir, read_metrics
 
 RUN = """
 import os, signal, sys
-from scratchlm.train import load_pretrain_config, loop
+from scratchlm.train import trainer
 overrides, out, signal_at, signame = {overrides!r}, {out!r}, {signal_at!r}, {signame!r}
 if signal_at:
-    original = loop._Run._log_train
-    def log_then_signal(self, loss):
-        original(self, loss)
-        if self.step == signal_at:
+    original = trainer._Log.train
+    def log_then_signal(self, *args):
+        original(self, *args)
+        if self.counters.step == signal_at:
             os.kill(os.getpid(), getattr(signal, signame))
-    loop._Run._log_train = log_then_signal
+    trainer._Log.train = log_then_signal
 from scratchlm.cli import main
 if {resume!r}:
     sys.exit(main(["pretrain", "--out", out, "--resume"]))  # the config comes from RUN/config.yaml
@@ -57,7 +57,7 @@ def test_sigkill_sigterm_and_resume_give_the_uninterrupted_curve(corpus, tmp_pat
 
     killed = _run(overrides, broken, signal_at=6)  # SIGKILL: no chance to save; step_4 is the newest
     assert killed.returncode == -9
-    assert [s for s, _ in ckpt.list_checkpoints(broken)] == [4]
+    assert [s for s, _ in RunDir(broken).checkpoints()] == [4]
     assert max(s for s, _ in train_losses(broken)) == 6  # steps 5 and 6 were logged, then lost
 
     termed = _run(overrides, broken, signal_at=9, signame="SIGTERM", resume=True)
@@ -83,7 +83,7 @@ def test_curriculum_resume_across_the_phase_switch_gives_the_uninterrupted_curve
     assert contexts == [8] * 6 + [16] * 6
 
     assert _run(overrides, broken, signal_at=6).returncode == -9
-    assert [s for s, _ in ckpt.list_checkpoints(broken)] == [4]
+    assert [s for s, _ in RunDir(broken).checkpoints()] == [4]
     check(_run(overrides, broken, signal_at=9, signame="SIGTERM", resume=True), 130)
     check(_run(overrides, broken, resume=True))
     assert train_losses(broken) == train_losses(whole)

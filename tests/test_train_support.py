@@ -55,13 +55,13 @@ def run_python(code: str, env_extra: dict | None = None, timeout: int = 120) -> 
 
 
 def train_losses(run_dir: Path) -> list[tuple[int, float]]:
-    from scratchlm.train.metrics import read_metrics
+    from scratchlm.train.run_dir import read_metrics
 
     return [(r["step"], r["loss"]) for r in read_metrics(run_dir / "metrics.jsonl", "train")]
 
 
 def eval_losses(run_dir: Path) -> list[tuple[int, float]]:
-    from scratchlm.train.metrics import read_metrics
+    from scratchlm.train.run_dir import read_metrics
 
     return [(r["step"], r["val_loss"]) for r in read_metrics(run_dir / "metrics.jsonl", "eval")]
 

@@ -2,7 +2,8 @@
 
 Each pipeline stage keeps its subcommands in a module of this package with a `register(subparsers)`
 function; a subcommand sets `func(args) -> int`. A `ScratchError` becomes one line on stderr and
-exit code 2; `--debug` shows the traceback instead.
+exit code 2, and so does a failed read or write (an `OSError` or a `SafetensorError`: `cannot write PATH:
+CAUSE`, see `scratchlm.fileio.describe_io_error`); `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 
 from scratchlm import __version__
 from scratchlm.errors import ScratchError
+from scratchlm.fileio import describe_io_error
 
 # Stage modules, in pipeline order. A module that does not exist yet is simply absent.
 STAGES = ["data", "tokenizer", "model", "train", "eval"]
@@ -61,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("scratchlm: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a disk full, a read-only or missing folder: the user's to fix, not a bug
+        line = describe_io_error(e)
+        if line is None or args.debug:
+            raise
+        print(f"scratchlm: error: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

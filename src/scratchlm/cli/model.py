@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from scratchlm.cli import unescape
+from scratchlm.cli.derive import add_dataclass_arguments, dataclass_from_args
 from scratchlm.errors import ScratchError
 
 
@@ -29,25 +30,13 @@ def register(subparsers) -> None:
         metavar="TEXT",
         help="a prompt; repeat for a batch (default: stdin if piped, else start from <|endoftext|>)",
     )
-    g.add_argument("--max-new-tokens", type=int, default=256, help="tokens to add per prompt (default 256)")
-    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
-    g.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    g.add_argument("--top-p", type=float, default=None, help="nucleus: the smallest set with this much mass")
-    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (CTRL)")
-    g.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
+    # The sampling flags come from SamplingConfig's fields (name, type, default, help), written once there.
+    from scratchlm.generate.config import SamplingConfig
+
+    add_dataclass_arguments(g, SamplingConfig, skip=("stop_at_eot",), value_types={"stop": unescape})
+    # Kept as the one flag people know: it reads better than --no-stop-at-eot.
     g.add_argument(
-        "--stop",
-        action="append",
-        default=[],
-        metavar="STR",
-        help="stop at this text (repeatable; \\n = newline)",
-    )
-    g.add_argument("--ignore-eot", action="store_true", help="do not stop at <|endoftext|>")
-    g.add_argument(
-        "--truncate",
-        choices=("left", "error"),
-        default="left",
-        help="a prompt longer than the context: cut from the left with a notice (default) or refuse",
+        "--ignore-eot", dest="stop_at_eot", action="store_false", help="do not stop at <|endoftext|>"
     )
     g.add_argument("--no-stream", action="store_true", help="print each text when complete")
     g.add_argument("--device", default="auto", help="auto (default) | cpu | cuda | cuda:N | mps")
@@ -88,21 +77,12 @@ def _prompts(args) -> list[str]:
 def run_generate(args) -> int:
     import torch
 
-    from scratchlm.generate import SamplingConfig, generate
+    from scratchlm.generate import SamplingConfig, generate, generate_stream
     from scratchlm.model.device import pick_device
-    from scratchlm.model.folder import load_model, resolve_model_dir
+    from scratchlm.model.folder import load_model
+    from scratchlm.train.run_dir import resolve_model_dir
 
-    config = SamplingConfig(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
-        stop=[unescape(s) for s in args.stop],
-        stop_at_eot=not args.ignore_eot,
-        truncate=args.truncate,
-    )
+    config = dataclass_from_args(SamplingConfig, args)
     device = pick_device(args.device)
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
     model, tokenizer, _ = load_model(resolve_model_dir(args.ckpt), device=device, dtype=dtype)
@@ -114,11 +94,10 @@ def run_generate(args) -> int:
         out.write(prompts[0])
         out.flush()
 
-        def stream(_row: int, piece: str) -> None:
-            out.write(piece)
-            out.flush()
-
-        generate(model, tokenizer, prompts, config, on_token=stream)
+        for step in generate_stream(model, tokenizer, prompts, config):
+            if step.texts[0]:
+                out.write(step.texts[0])
+                out.flush()
         out.write("\n")
         return 0
     texts = generate(model, tokenizer, prompts, config)
@@ -132,7 +111,8 @@ def run_generate(args) -> int:
 
 def run_export_hf(args) -> int:
     from scratchlm.interop.hf import export_hf
-    from scratchlm.model.folder import load_model, resolve_model_dir
+    from scratchlm.model.folder import load_model
+    from scratchlm.train.run_dir import resolve_model_dir
 
     model, tokenizer, _ = load_model(resolve_model_dir(args.ckpt))
     out = export_hf(model, args.out, tokenizer)

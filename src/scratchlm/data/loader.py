@@ -197,22 +197,3 @@ class TokenLoader:
                     f"{key}={mine[key]!r}; resume with the same data settings"
                 )
         self.step = int(state["step"])
-
-    # ---- full passes (evaluation) ----
-    def tokens_in_split(self) -> np.ndarray:
-        """The split's tokens as one 1-D array: a memmap when it is a single shard, else a copy in memory."""
-        return self._shards[0] if len(self._shards) == 1 else np.concatenate(self._shards)
-
-    def eval_batches(self, max_windows: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Consecutive non-overlapping windows covering the split once (the last partial window is dropped).
-
-        Window i goes to rank i % world_size; batches hold up to batch_size windows (the last may be short).
-        """
-        T = self.context_length
-        n = (self.num_tokens - 1) // T
-        if max_windows is not None:
-            n = min(n, max_windows)
-        mine = list(range(self.rank, n, self.world_size))
-        for i in range(0, len(mine), self.batch_size):
-            windows = np.stack([self._read(w * T, T + 1) for w in mine[i : i + self.batch_size]])
-            yield self._to_tensors(windows)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from scratchlm.errors import ScratchError
-from scratchlm.eval.report import fmt_value, progress, read_records, to_html, to_markdown
-from scratchlm.fileio import write_text_atomic
+from scratchlm.eval.report import fmt_value, new_figure, progress, read_records, to_html, to_markdown
+from scratchlm.fileio import staged_dir
 
 # The figure of each benchmark task shown in the table (chance-centered where the task has one).
 HEADLINE = ("acc_norm_centered", "acc_centered", "acc_norm", "acc", "exact_match", "bpb", "loss")
@@ -49,15 +49,21 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path) -> dict:
     """Write compare.md, compare.html and compare.png into `out_dir`; return the paths and the table."""
     if len(run_dirs) < 1:
         raise ScratchError("compare needs at least one run folder")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     rows = [summarize(Path(d)) for d in run_dirs]
+    fig = new_figure((7.2, 4.0))  # before anything is written: no matplotlib is a ScratchError
+    with staged_dir(out_dir) as tmp:
+        table = _draw_and_write(fig, run_dirs, rows, tmp)
+    paths = {
+        "markdown": out_dir / "compare.md",
+        "html": out_dir / "compare.html",
+        "plot": out_dir / "compare.png",
+    }
+    return {"paths": paths, **table}
 
-    fig = Figure(figsize=(7.2, 4.0), dpi=100)
-    FigureCanvasAgg(fig)
+
+def _draw_and_write(fig, run_dirs: list[str | Path], rows: list[dict], out_dir: Path) -> dict:
+    """Draw the runs' curves on `fig`, and write compare.png, compare.md and compare.html into `out_dir`."""
     ax = fig.add_subplot()
     for run_dir in run_dirs:
         records = read_records(Path(run_dir))
@@ -79,7 +85,6 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path) -> dict:
     columns = list(dict.fromkeys(k for row in rows for k in row))
     table = [[fmt_value(row.get(c, "")) if row.get(c) is not None else "-" for c in columns] for row in rows]
     blocks = [("h1", "Runs compared"), ("image", "Loss against tokens", plot), ("table", columns, table)]
-    paths = {"markdown": out_dir / "compare.md", "html": out_dir / "compare.html", "plot": plot}
-    write_text_atomic(paths["markdown"], to_markdown(blocks, out_dir))
-    write_text_atomic(paths["html"], to_html(blocks, "scratchlm: runs compared"))
-    return {"paths": paths, "columns": columns, "rows": rows, "markdown": to_markdown(blocks[2:], out_dir)}
+    (out_dir / "compare.md").write_text(to_markdown(blocks, out_dir), encoding="utf-8")
+    (out_dir / "compare.html").write_text(to_html(blocks, "scratchlm: runs compared"), encoding="utf-8")
+    return {"columns": columns, "rows": rows, "markdown": to_markdown(blocks[2:], out_dir)}

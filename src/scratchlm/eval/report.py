@@ -19,28 +19,21 @@ import platform
 from pathlib import Path
 
 import torch
-import yaml
 
 from scratchlm import __version__
 from scratchlm.errors import ScratchError
-from scratchlm.eval.checkpoint import resolve_model_dir
-from scratchlm.fileio import write_text_atomic
+from scratchlm.fileio import staged_dir
+from scratchlm.train.run_dir import RunDir, resolve_model_dir, step_of
 
 MAX_SAMPLES = 3
 
 
 def read_records(run_dir: Path) -> list[dict]:
-    """Every record of `run_dir/metrics.jsonl` (a line cut short by a kill is skipped)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
+    """Every record of the run's metrics.jsonl (through its one reader, `RunDir.read_metrics`)."""
+    run = RunDir(run_dir)
+    if not run.metrics_path.is_file():
         raise ScratchError(f"{run_dir} has no metrics.jsonl; give the folder of a training run")
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+    return run.read_metrics()
 
 
 def progress(records: list[dict]) -> dict:
@@ -79,13 +72,26 @@ def _series(records: list[dict], kind: str, x: str, y: str) -> tuple[list, list]
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def _plot(path: Path, title: str, xlabel: str, ylabel: str, lines: list[tuple[str, list, list]], logy=False):
-    """One PNG with one line per (label, xs, ys); the Agg canvas directly, so no pyplot global state."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 3.6), dpi=100)
+def new_figure(figsize: tuple[float, float]):
+    """A matplotlib Figure on the Agg canvas (no pyplot global state); a one-line ScratchError if
+    matplotlib cannot be imported, saying what to install."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        cause = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ScratchError(
+            f"the plots need matplotlib, which cannot be imported ({cause}); "
+            "install it with: pip install 'matplotlib>=3.7'"
+        ) from None
+    fig = Figure(figsize=figsize, dpi=100)
     FigureCanvasAgg(fig)
+    return fig
+
+
+def _plot(path: Path, title: str, xlabel: str, ylabel: str, lines: list[tuple[str, list, list]], logy=False):
+    """One PNG with one line per (label, xs, ys)."""
+    fig = new_figure((6.4, 3.6))
     ax = fig.add_subplot()
     for label, xs, ys in lines:
         if xs:
@@ -276,27 +282,29 @@ def to_html(blocks: list[tuple], title: str) -> str:
 
 
 def report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """Write `report.md`, `report.html` and the plots into `out_dir` (default RUN_DIR/report)."""
+    """Write `report.md`, `report.html` and the plots into `out_dir` (default RUN_DIR/report).
+
+    Everything is made in a temporary folder first and moved into `out_dir` only once complete
+    (`fileio.staged_dir`): a failure leaves `out_dir` as it was (absent, or the previous report).
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ScratchError(f"run folder not found: {run_dir}")
     out_dir = Path(out_dir) if out_dir else run_dir / "report"
     records = read_records(run_dir)
-    plots = training_plots(records, out_dir)
-    blocks = _blocks(run_dir, records, plots)
-    paths = {"markdown": out_dir / "report.md", "html": out_dir / "report.html"}
-    write_text_atomic(paths["markdown"], to_markdown(blocks, out_dir))
-    write_text_atomic(paths["html"], to_html(blocks, f"scratchlm report: {run_dir.resolve().name}"))
-    return paths
+    new_figure((1, 1))  # no matplotlib: say so before anything is written
+    with staged_dir(out_dir) as tmp:
+        plots = training_plots(records, tmp)
+        blocks = _blocks(run_dir, records, plots)
+        (tmp / "report.md").write_text(to_markdown(blocks, tmp), encoding="utf-8")
+        html_page = to_html(blocks, f"scratchlm report: {run_dir.resolve().name}")
+        (tmp / "report.html").write_text(html_page, encoding="utf-8")
+    return {"markdown": out_dir / "report.md", "html": out_dir / "report.html"}
 
 
 def run_corpus(run_dir: str | Path) -> str | None:
     """The corpus a run trained on (its config.yaml's data.corpus), if recorded."""
-    config = Path(run_dir) / "config.yaml"
-    if not config.is_file():
-        return None
-    data = yaml.safe_load(config.read_text()) or {}
-    return (data.get("data") or {}).get("corpus")
+    return (RunDir(run_dir).read_config().get("data") or {}).get("corpus")
 
 
 def append_benchmark(
@@ -306,15 +314,11 @@ def append_benchmark(
 
     The step is the evaluated model's (recorded in its manifest, or its `step_N` folder name), else the
     run's last logged training step.
-    Appended in place rather than rewritten through a rename: a training run still writing the file
-    holds it open, and a renamed-over file would swallow its later lines.
     """
     import datetime
-    import re
 
     run_dir = Path(run_dir)
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
+    if not RunDir(run_dir).metrics_path.is_file():
         raise ScratchError(f"--run {run_dir}: no metrics.jsonl there; give the folder of a training run")
     records = read_records(run_dir)
     train = [r for r in records if r.get("kind") == "train"]
@@ -326,8 +330,8 @@ def append_benchmark(
             extra = json.loads((model_dir / "manifest.json").read_text()).get("extra") or {}
         except (OSError, json.JSONDecodeError):
             extra = {}
-        if (m := re.fullmatch(r"step_(\d+)", model_dir.name)) or "step" in extra:
-            step = int(m.group(1)) if m else int(extra["step"])
+        if (named := step_of(model_dir)) is not None or "step" in extra:
+            step = named if named is not None else int(extra["step"])
             tokens = extra.get(
                 "tokens", next((r.get("tokens") for r in train if r.get("step") == step), None)
             )
@@ -339,11 +343,5 @@ def append_benchmark(
         "ckpt": str(ckpt) if ckpt is not None else None,
         "results": results,
     }
-    with open(path, "rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        ends_cleanly = size == 0 or (f.seek(size - 1) >= 0 and f.read(1) == b"\n")
-    with open(path, "a", encoding="utf-8") as f:  # O_APPEND: one small write lands whole, at the end
-        f.write(("" if ends_cleanly else "\n") + json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    RunDir(run_dir).append_record(record)
     return record

@@ -75,6 +75,7 @@ def score_continuations(
     *,
     batch_size: int = 64,
     progress: str | None = None,
+    autocast=None,
 ) -> list[tuple[float, bool]]:
     """Sum of log p(continuation | context) in nats, and whether greedy decoding would produce it.
 
@@ -82,7 +83,8 @@ def score_continuations(
     model's context are cut on the left (the continuation keeps as much context as fits). Requests are
     sorted longest first and right-padded into batches: a causal model's logits at a position never
     see the padding after it, so padding changes no score. `progress`: a label for a progress bar
-    (None: no bar).
+    (None: no bar). `autocast`: () -> context manager for the forward pass (default `autocast_for`:
+    bf16 on CUDA); training passes its own, so validation runs in the precision the run trains in.
     """
     from tqdm import tqdm
 
@@ -115,7 +117,7 @@ def score_continuations(
             targets[b, :end] = torch.tensor(whole[1:])
             scored[b, end - n_scored : end] = True
         inputs, targets, scored = inputs.to(device), targets.to(device), scored.to(device)
-        with autocast_for(device):
+        with autocast() if autocast is not None else autocast_for(device):
             logits = model(inputs)  # (B, T, V)
         logprobs = F.log_softmax(logits.float(), dim=-1).gather(2, targets[..., None])[..., 0]  # (B, T)
         totals = (logprobs * scored).sum(dim=1)  # (B,)

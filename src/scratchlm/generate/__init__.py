@@ -1,11 +1,33 @@
 """Generation: sampling processors and the decoding engine (prefill, then one token at a time).
 
-from scratchlm.generate import SamplingConfig, generate
-texts = generate(model, tokenizer, ["Once upon a time"], SamplingConfig(max_new_tokens=100, top_k=50))
+    from scratchlm.generate import SamplingConfig, generate, generate_stream
+    texts = generate(model, tokenizer, ["Once upon a time"], SamplingConfig(max_new_tokens=100, top_k=50))
+    for step in generate_stream(model, tokenizer, ["Once"], SamplingConfig(max_new_tokens=20)):
+        print(step.texts[0], end="", flush=True)
+
+Imports are lazy (PEP 562): `scratchlm.generate.config` is importable without torch (the CLI's flags).
 """
 
-from scratchlm.generate.engine import generate, generate_ids
-from scratchlm.generate.sampling import SamplingConfig, sample_next
-from scratchlm.generate.stream import TextStream
+from __future__ import annotations
 
-__all__ = ["SamplingConfig", "TextStream", "generate", "generate_ids", "sample_next"]
+_EXPORTS = {
+    "DecodeStep": "scratchlm.generate.engine",
+    "decode_steps": "scratchlm.generate.engine",
+    "generate": "scratchlm.generate.engine",
+    "generate_ids": "scratchlm.generate.engine",
+    "generate_stream": "scratchlm.generate.engine",
+    "SamplingConfig": "scratchlm.generate.config",
+    "sample_next": "scratchlm.generate.sampling",
+    "sample_next_logprobs": "scratchlm.generate.sampling",
+    "TextStream": "scratchlm.generate.stream",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'scratchlm.generate' has no attribute {name!r}")

@@ -1,57 +1,31 @@
 """Choosing the next token from the model's logits: greedy, temperature, top-k, top-p, repetition penalty.
 
 Each processor is a small pure function on a `(B, V)` logits tensor, so a test can hold it against an
-obvious loop. `sample_next` chains them in the usual order (penalty, temperature, top-k, top-p, then draw),
-the order Hugging Face's `generate` applies them, so the same settings mean the same thing in both.
+obvious loop. `process_logits` chains them in the usual order (penalty, temperature, top-k, top-p), the
+order Hugging Face's `generate` applies them, so the same settings mean the same thing in both;
+`sample_next` then draws, and `sample_next_logprobs` also says how likely the draw was.
+
+`SamplingConfig` lives in `scratchlm.generate.config` (no torch: the command line reads it for its flags)
+and is importable from here too.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from scratchlm.errors import ScratchError
+from scratchlm.generate.config import SamplingConfig
 
-
-@dataclass
-class SamplingConfig:
-    """How to decode. `temperature == 0` means greedy (argmax); filters then have no effect.
-
-    `stop` strings end a row's text (the stop string itself is not returned); `stop_at_eot` ends it at the
-    tokenizer's `<|endoftext|>`. A prompt longer than the model's context is cut from the left with a
-    notice (`truncate="left"`) or refused (`truncate="error"`).
-    """
-
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    stop_at_eot: bool = True
-    truncate: str = "left"
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 0:
-            raise ScratchError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ScratchError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ScratchError(f"top_k must be >= 1 (or unset), got {self.top_k}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ScratchError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise ScratchError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
-        if self.truncate not in ("left", "error"):
-            raise ScratchError(f"truncate must be 'left' or 'error', got {self.truncate!r}")
-        if any(s == "" for s in self.stop):
-            raise ScratchError("a stop string is empty; give non-empty --stop values")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
+__all__ = [
+    "SamplingConfig",
+    "apply_repetition_penalty",
+    "apply_temperature",
+    "make_generator",
+    "process_logits",
+    "sample_next",
+    "sample_next_logprobs",
+    "top_k_filter",
+    "top_p_filter",
+]
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -91,6 +65,25 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def process_logits(
+    logits: torch.Tensor, config: SamplingConfig, *, seen: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`(B, V)` logits -> the float32 `(B, V)` logits of the distribution a token is drawn from.
+
+    Greedy stops after the penalty: it takes the argmax, which temperature and filters do not move."""
+    logits = logits.float()
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, config.repetition_penalty)
+    if config.greedy:
+        return logits
+    logits = apply_temperature(logits, config.temperature)
+    if config.top_k is not None:
+        logits = top_k_filter(logits, config.top_k)
+    if config.top_p is not None:
+        logits = top_p_filter(logits, config.top_p)
+    return logits
+
+
 def sample_next(
     logits: torch.Tensor,
     config: SamplingConfig,
@@ -99,18 +92,27 @@ def sample_next(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Pick one token per row from `(B, V)` logits; returns `(B,)` int64 ids."""
-    logits = logits.float()
-    if seen is not None:
-        logits = apply_repetition_penalty(logits, seen, config.repetition_penalty)
+    return sample_next_logprobs(logits, config, seen=seen, generator=generator)[0]
+
+
+def sample_next_logprobs(
+    logits: torch.Tensor,
+    config: SamplingConfig,
+    *,
+    seen: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sample_next`, plus each pick's float32 log-probability under the distribution it was drawn from:
+    `(B,)` ids, `(B,)` log-probs. Greedy draws from a point mass, so its log-probs are 0.0."""
+    processed = process_logits(logits, config, seen=seen)  # (B, V)
     if config.greedy:
-        return logits.argmax(dim=-1)
-    logits = apply_temperature(logits, config.temperature)
-    if config.top_k is not None:
-        logits = top_k_filter(logits, config.top_k)
-    if config.top_p is not None:
-        logits = top_p_filter(logits, config.top_p)
-    probs = torch.softmax(logits, dim=-1)  # (B, V)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        ids = processed.argmax(dim=-1)
+        return ids, torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+    probs = torch.softmax(processed, dim=-1)  # (B, V)
+    ids = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+    # log p = z - logsumexp(z): exact for the tiny probabilities that log(probs) would round to -inf.
+    logprobs = processed.gather(-1, ids).squeeze(-1) - torch.logsumexp(processed, dim=-1)  # (B,)
+    return ids.squeeze(-1), logprobs
 
 
 def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:

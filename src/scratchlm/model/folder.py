@@ -17,7 +17,6 @@ configuration.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
@@ -194,23 +193,3 @@ def _check_weights_fit(directory: Path, model: Transformer, state: dict[str, tor
             f"{directory / WEIGHTS} does not fit {directory / CONFIG}: {problems[0]}{more}; "
             "the weights and configuration come from different models"
         )
-
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """The model folder `path` means (itself, its run's final/, or its newest checkpoint)."""
-    path = Path(path)
-    if not path.exists():
-        raise ScratchError(f"--ckpt {path}: no such folder; give a model folder or a training run folder")
-    if (path / "config.json").is_file():
-        return path
-    if (path / "final" / "config.json").is_file():
-        return path / "final"
-    steps = []
-    for child in (path / "checkpoints").glob("step_*"):
-        if (m := re.fullmatch(r"step_(\d+)", child.name)) and (child / "config.json").is_file():
-            steps.append((int(m.group(1)), child))
-    if steps:
-        return max(steps)[1]
-    raise ScratchError(
-        f"--ckpt {path}: not a model folder (no config.json) nor a run with final/ or checkpoints/"
-    )

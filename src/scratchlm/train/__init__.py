@@ -1,4 +1,4 @@
-"""Pretraining: optimizers, schedules, the loop, checkpoints, torchrun setup, metrics and the demo.
+"""Training: the Trainer every stage shares, the pretraining objective, run folders, checkpoints, the demo.
 
     from scratchlm.train import load_pretrain_config, pretrain
     cfg = load_pretrain_config("configs/shakespeare-char.yaml", ["budget.max_time=150s"])
@@ -13,8 +13,12 @@ from __future__ import annotations
 _EXPORTS = {
     "PretrainConfig": "scratchlm.train.config",
     "load_pretrain_config": "scratchlm.train.config",
-    "pretrain": "scratchlm.train.loop",
-    "RunResult": "scratchlm.train.loop",
+    "pretrain": "scratchlm.train.causal_lm",
+    "RunResult": "scratchlm.train.trainer",
+    "Trainer": "scratchlm.train.trainer",
+    "TrainerConfig": "scratchlm.train.config",
+    "RunDir": "scratchlm.train.run_dir",
+    "StepBatches": "scratchlm.train.objective",
     "run_demo": "scratchlm.train.demo",
 }
 

@@ -1,81 +1,89 @@
-"""Checkpoints that never lose a run: atomic folders, checksums, keep-last-K-and-best, verified resume.
+"""One checkpoint folder: written atomically, each file hashed once, read back without running any code.
 
-A checkpoint is `RUN/checkpoints/step_N/`: a model folder (`save_model`: config, weights, tokenizer,
-its own manifest) plus `trainer_state.pt` (optimizer, step, data-loader position, every RNG state,
-elapsed time, best validation loss) plus `checkpoint.json`, written last, with the sha256 and size of
-every other file in the folder.
+    step_N/                    the primary model's folder (config.json, model.safetensors, tokenizer/, ...)
+    step_N/models/NAME/        every other trainable model, by name
+    step_N/trainer_state.pt    step, optimizers by name, the objective's state, RNG states: tensors and
+                               plain containers only, read with `torch.load(weights_only=True)`
+    step_N/checkpoint.json     written last: format, step, objective, val_loss, sha256 and size of each file
 
-Writing goes through `fileio.atomic_dir`: everything is written into a temporary folder beside the
-target, fsync'ed, then renamed into place in one step, so a kill at any instant leaves either no folder
-or a complete one. Reading checks every checksum first. A folder that fails (bit rot, a truncated copy,
-a disk that filled up) is refused with a message that names the file; `find_resumable` then falls back
-to the next older checkpoint and says so.
+Writing goes through `fileio.atomic_dir`, so a kill at any instant leaves no folder or a complete one.
+Each file's sha256 is computed once, as it is written (the model folder's writer hands back the hashes it
+computed), so saving costs the same however many checkpoints are kept; pruning reads manifests only.
+Resume verifies the chosen checkpoint once against its manifest and falls back to the next older one
+when a file is damaged.
+
+Why `weights_only`: a run folder is something people hand to each other. A checksum beside a pickle
+proves nothing (whoever rewrites the pickle rewrites the manifest), and a full unpickle runs whatever
+code the file names. Restricted to tensors and plain containers, a crafted file is refused before any of
+it runs.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import random
-import re
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from scratchlm.errors import ScratchError
 from scratchlm.fileio import atomic_dir, sha256_file, write_json_atomic
+from scratchlm.train.run_dir import RunDir
 
+FORMAT = "scratchlm-checkpoint"
 MANIFEST = "checkpoint.json"
 STATE = "trainer_state.pt"
-_STEP_DIR = re.compile(r"step_(\d+)")
-
-
-def checkpoints_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every checkpoint folder in the run, oldest first (temporary folders ignored)."""
-    root = checkpoints_dir(run_dir)
-    if not root.is_dir():
-        return []
-    found = [
-        (int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.fullmatch(p.name))
-    ]
-    return sorted(found)
+MODELS = "models"  # trainable models other than the primary one live in MODELS/NAME/
+WEIGHTS = "model.safetensors"
 
 
 def save_checkpoint(
-    run_dir: str | Path,
-    step: int,
-    write_model: Callable[[Path], None],
-    state: dict,
-    val_loss: float | None = None,
+    path: str | Path, write_models: Callable[[Path], dict[str, str] | None], state: dict, meta: dict
 ) -> Path:
-    """Write checkpoint `step` atomically. `write_model(folder)` writes the model folder into `folder`."""
-    path = checkpoints_dir(run_dir) / f"step_{step}"
+    """Write the checkpoint folder `path` atomically.
+
+    `write_models(folder)` writes the model files and returns {relative path: sha256} for the files it
+    hashed already; any other file is hashed here, once. `meta` (step, objective, val_loss) goes into
+    the manifest, which is written last.
+    """
+    path = Path(path)
     with atomic_dir(path) as tmp:
-        write_model(tmp)
+        hashes = dict(write_models(tmp) or {})
         torch.save(state, tmp / STATE)
-        files = {
-            f.relative_to(tmp).as_posix(): {"sha256": sha256_file(f), "bytes": f.stat().st_size}
-            for f in sorted(tmp.rglob("*"))
-            if f.is_file()
-        }
-        write_json_atomic(tmp / MANIFEST, {"step": step, "val_loss": val_loss, "files": files})
+        files = {}
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                name = f.relative_to(tmp).as_posix()
+                files[name] = {"sha256": hashes.get(name) or sha256_file(f), "bytes": f.stat().st_size}
+        write_json_atomic(tmp / MANIFEST, {"format": FORMAT, **meta, "files": files})
     return path
+
+
+def read_manifest(path: str | Path) -> dict:
+    return json.loads((Path(path) / MANIFEST).read_text())
+
+
+def is_complete(path: str | Path) -> tuple[bool, float | None]:
+    """(has a readable manifest, its validation loss): what pruning needs, without hashing anything."""
+    try:
+        manifest = read_manifest(path)
+    except (OSError, json.JSONDecodeError):
+        return False, None
+    return "files" in manifest, manifest.get("val_loss")
 
 
 def verify_checkpoint(path: str | Path) -> str | None:
     """None if every file listed in the manifest is present with its size and sha256; else what is wrong."""
     path = Path(path)
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
+    if not (path / MANIFEST).is_file():
         return f"{path.name} has no {MANIFEST} (an incomplete write)"
     try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
+        files = read_manifest(path)["files"]
     except (json.JSONDecodeError, KeyError):
         return f"{path.name}/{MANIFEST} is unreadable"
     if STATE not in files:
@@ -92,22 +100,12 @@ def verify_checkpoint(path: str | Path) -> str | None:
     return None
 
 
-def read_manifest(path: str | Path) -> dict:
-    return json.loads((Path(path) / MANIFEST).read_text())
-
-
-def load_state(path: str | Path) -> dict:
-    """The trainer state of a verified checkpoint. It holds numpy RNG arrays, hence weights_only=False:
-    the file is one this project wrote and whose sha256 was just checked."""
-    return torch.load(Path(path) / STATE, map_location="cpu", weights_only=False)
-
-
-def find_resumable(run_dir: str | Path, say: Callable[[str], None] = print) -> Path | None:
+def find_resumable(run: RunDir, say: Callable[[str], None] = print) -> Path | None:
     """The newest checkpoint that passes verification; each newer one that fails is reported by `say`.
 
     None when the run has no checkpoint at all; a ScratchError when it has some but none is intact.
     """
-    found = list_checkpoints(run_dir)
+    found = run.checkpoints()
     if not found:
         return None
     refused = []
@@ -119,56 +117,85 @@ def find_resumable(run_dir: str | Path, say: Callable[[str], None] = print) -> P
             return path
         refused.append(problem)
     raise ScratchError(
-        f"no intact checkpoint in {checkpoints_dir(run_dir)}: {'; '.join(refused)}; "
+        f"no intact checkpoint in {run.checkpoints_root}: {'; '.join(refused)}; "
         "start again without --resume (or into a new --out folder)"
     )
 
 
-def prune(run_dir: str | Path, keep_last: int, keep_best: bool) -> dict:
-    """Delete checkpoints beyond the newest `keep_last` (and the best by validation loss, if kept).
+def load_state(path: str | Path) -> dict:
+    """The trainer state of a checkpoint, refusing anything but tensors and plain containers."""
+    file = Path(path) / STATE
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ScratchError(
+            f"{file} holds objects other than tensors and plain data, so it was not written by scratchlm "
+            f"or was altered; refused without running any of it ({reason[:160]})"
+        ) from None
 
-    Returns the pointers {"last": name, "best": name or None, "best_val_loss": float or None}, also
-    written to RUN/latest.json, so a person or a script finds the right folder without listing.
-    Corrupted checkpoints are never chosen as best, and never count towards the kept ones.
-    """
-    import shutil
 
-    intact = [(step, p) for step, p in list_checkpoints(run_dir) if verify_checkpoint(p) is None]
-    if not intact:
-        return {}
-    keep = {p for _, p in intact[-keep_last:]}
-    best, best_loss = None, None
-    for _, p in intact:
-        loss = read_manifest(p).get("val_loss")
-        if loss is not None and (best_loss is None or loss < best_loss):
-            best, best_loss = p, loss
-    if keep_best and best is not None:
-        keep.add(best)
-    for _, p in list_checkpoints(run_dir):
-        if p not in keep and verify_checkpoint(p) is None:
-            shutil.rmtree(p, ignore_errors=True)
-    pointers = {
-        "last": f"checkpoints/{intact[-1][1].name}",
-        "best": f"checkpoints/{best.name}" if best is not None and best in keep else None,
-        "best_val_loss": best_loss,
-    }
-    write_json_atomic(Path(run_dir) / "latest.json", pointers)
-    return pointers
+# ---- model weights in and out of a checkpoint ---------------------------------------------------------
+
+
+def write_module(folder: Path, module: torch.nn.Module) -> dict[str, str]:
+    """A plain module's weights as folder/model.safetensors (each tensor once: tied ones share storage)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state, seen = {}, set()
+    for name, tensor in module.state_dict().items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        state[name] = tensor.detach().contiguous().cpu()
+    save_file(state, str(folder / WEIGHTS))
+    return {}
+
+
+def read_module_into(module: torch.nn.Module, folder: Path) -> None:
+    """Load folder/model.safetensors into `module` in place (no second model is built).
+
+    A name may be absent only when its tensor is tied to one that is present (a tied lm_head)."""
+    try:
+        state = load_file(str(folder / WEIGHTS))
+    except (SafetensorError, OSError) as e:
+        raise ScratchError(f"{folder / WEIGHTS} cannot be read as safetensors ({e})") from None
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    owners: dict[int, set[str]] = {}
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        owners.setdefault(id(tensor), set()).add(name)
+    loaded = set(state)
+    untied = [n for n in missing if not (owners[id(module.state_dict(keep_vars=True)[n])] & loaded)]
+    if untied or unexpected:
+        problem = f"missing {untied[0]}" if untied else f"unexpected {unexpected[0]}"
+        raise ScratchError(f"{folder / WEIGHTS} does not fit the model being resumed ({problem})")
+
+
+# ---- RNG states as tensors ------------------------------------------------------------------------------
 
 
 def rng_states() -> dict:
-    """Every RNG a training step may draw from (dropout: torch; user code: python, numpy)."""
+    """Every RNG a training step may draw from (dropout: torch; user code: python, numpy), as tensors."""
+    version, keys, gauss = random.getstate()
+    kind, np_keys, pos, has_gauss, cached = np.random.get_state()
     return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": version, "keys": torch.tensor(keys, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },  # fmt: skip
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
 def set_rng_states(states: dict) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    py, npy = states["python"], states["numpy"]
+    random.setstate((py["version"], tuple(py["keys"].tolist()), py["gauss"]))
+    np_keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state((npy["kind"], np_keys, npy["pos"], npy["has_gauss"], npy["cached"]))
     torch.set_rng_state(states["torch"])
-    if states.get("cuda") is not None and torch.cuda.is_available():
+    if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])

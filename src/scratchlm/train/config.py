@@ -11,12 +11,11 @@ validated `ModelConfig`. The vocabulary size always comes from the tokenizer the
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scratchlm.config import from_dict, load_config, save_config
+from scratchlm.config import from_dict, load_config
 from scratchlm.errors import ScratchError
 from scratchlm.train.optim import OptimConfig
 from scratchlm.train.schedule import ScheduleConfig
@@ -96,6 +95,7 @@ class EvalConfig:
     sample_tokens: int = 200  # length of the generated sample shown at each evaluation (0: none)
     sample_prompt: str = "\n"
     temperature: float = 0.8
+    max_rises: int = 3  # this many rises of the validation loss in a row is divergence (0: never)
 
 
 @dataclass
@@ -117,7 +117,29 @@ class CheckpointConfig:
 
 
 @dataclass
+class TrainerConfig:
+    """The settings every stage shares; a stage's config builds one from its own sections."""
+
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval_every: int = 0  # evaluate every N steps (0: only at the end)
+    max_rises: int = 3  # consecutive rises of val_loss taken as divergence (0: never)
+    seed: int = 0
+    precision: str = "bf16"  # bf16 autocast | fp32
+    grad_clip: float = 1.0  # max gradient norm of each trainable model (0: off)
+    compile: bool = False
+    activation_checkpointing: bool = False
+
+
+OBJECTIVES = ("causal_lm",)  # what `scratchlm pretrain` can train; later stages add their own configs
+
+
+@dataclass
 class PretrainConfig:
+    objective: str = "causal_lm"  # next-token prediction over token shards (scratchlm.train.causal_lm)
     model: dict = field(default_factory=dict)  # {preset: NAME, field: value, ...} -> ModelConfig
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -136,6 +158,20 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("bf16", "fp32"):
             raise ScratchError(f"precision {self.precision!r} is unknown; use bf16 or fp32")
+        if self.objective not in OBJECTIVES:
+            raise ScratchError(
+                f"objective {self.objective!r} does not exist; scratchlm pretrain trains "
+                f"{', '.join(OBJECTIVES)}"
+            )
+
+    def trainer(self) -> TrainerConfig:
+        """The sections the Trainer reads; the rest (model, data, eval figures) is the objective's."""
+        return TrainerConfig(
+            budget=self.budget, optim=self.optim, schedule=self.schedule, logging=self.logging,
+            checkpoint=self.checkpoint, eval_every=self.eval.every, max_rises=self.eval.max_rises,
+            seed=self.seed, precision=self.precision, grad_clip=self.grad_clip, compile=self.compile,
+            activation_checkpointing=self.activation_checkpointing,
+        )  # fmt: skip
 
 
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
@@ -195,9 +231,3 @@ def check_budget(cfg: PretrainConfig) -> None:
         raise ScratchError(
             "no budget: set budget.max_steps, budget.max_tokens or budget.max_time (--max-time)"
         )
-
-
-def save_resolved(cfg: PretrainConfig, model_config, path: str | Path) -> None:
-    """Write the config with the model section expanded to every ModelConfig field."""
-    resolved = dataclasses.replace(cfg, model=model_config.to_dict())
-    save_config(resolved, path)

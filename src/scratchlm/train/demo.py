@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 from scratchlm.errors import ScratchError
+from scratchlm.train.causal_lm import pretrain
 from scratchlm.train.config import load_pretrain_config
-from scratchlm.train.loop import RunResult, pretrain
+from scratchlm.train.trainer import RunResult
 
 RECIPE = "shakespeare-char"
 

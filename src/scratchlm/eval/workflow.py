@@ -1,0 +1,100 @@
+"""`evaluate(config)`: one `EvalConfig` in, every figure out. `scratchlm eval` is this function plus printing.
+
+    from scratchlm.eval import EvalConfig, evaluate
+    evaluate(EvalConfig(ckpt="runs/demo"))                      # {"val:shakespeare": {loss, ppl, bpb, ...}}
+    evaluate(EvalConfig(ckpt="runs/demo/checkpoints/step_500", tasks=["builtin"], run="runs/demo"))
+
+What runs:
+- `text`: that file, scored whole; `corpus`: its validation split. With neither, the corpus the model's run
+  trained on (its config.yaml; `run`'s first, when given) is scored, unless only `tasks` were asked for;
+  it is also where built-in tasks draw their examples from (shakespeare when no run names one).
+- `tasks`: each task spec (see `scratchlm.eval.tasks.load_tasks`).
+- `run`: the results are appended to that run's metrics.jsonl as one `benchmark` record.
+The model folder is resolved first, so a wrong `ckpt` is named before anything else is looked at.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from scratchlm.errors import ScratchError
+from scratchlm.eval.config import EvalConfig
+
+FALLBACK_CORPUS = "shakespeare"  # built-in tasks' examples, when no corpus is given or recorded
+
+
+def default_corpus(model_dir: str | Path, run: str | Path | None = None) -> str | None:
+    """The corpus a model was trained on: `run`'s config.yaml when given and it records one, else that of
+    the run the model folder belongs to (RUN, RUN/final or RUN/checkpoints/step_N), else None."""
+    from scratchlm.eval.report import run_corpus
+    from scratchlm.train.run_dir import RunDir
+
+    folders = [Path(run)] if run is not None else []
+    if (owner := RunDir.of_model(model_dir)) is not None:
+        folders.append(owner.path)
+    for folder in folders:
+        if corpus := run_corpus(folder):
+            return corpus
+    return None
+
+
+def evaluate(config: EvalConfig, *, progress: bool = False) -> dict[str, dict]:
+    """{measurement name: figures} for `config`: `text:NAME` or `val:CORPUS` (loss, ppl, bpb, tokens,
+    bytes), then one entry per task. `progress` shows a bar per measurement on stderr."""
+    from scratchlm.eval.checkpoint import load_checkpoint
+    from scratchlm.eval.lm import evaluate_text
+    from scratchlm.eval.tasks import load_tasks, run_tasks
+    from scratchlm.model.device import pick_device
+    from scratchlm.train.run_dir import RunDir, resolve_model_dir
+
+    model_dir = resolve_model_dir(config.ckpt)  # first: a missing folder is named, not "nothing to do"
+    if config.run is not None and not RunDir(config.run).metrics_path.is_file():  # before the work
+        raise ScratchError(f"--run {config.run}: no metrics.jsonl there; give the folder of a training run")
+    corpus = config.corpus or default_corpus(model_dir, config.run)
+    if not config.tasks and config.text is None and not corpus:
+        raise ScratchError(
+            f"nothing to evaluate: {model_dir} belongs to no run recording its corpus; "
+            "give --text FILE, --corpus NAME, or --tasks builtin|FORMAT=FILE"
+        )
+    if config.text is not None and not config.text.is_file():
+        raise ScratchError(f"--text {config.text}: no such file")
+
+    @functools.cache  # read once, for the text score and the built-in tasks alike
+    def validation_documents() -> list[str]:
+        from scratchlm.data import load_corpus
+
+        _, val = load_corpus(corpus or FALLBACK_CORPUS).split()
+        if not val:
+            raise ScratchError(f"corpus {corpus} has no validation split; give --text FILE instead")
+        return val
+
+    tasks = []
+    if config.tasks:
+        tasks = load_tasks(
+            config.tasks,
+            validation_documents,
+            n=config.n,
+            limit=config.limit,
+            stop=config.stop or None,
+            max_new_tokens=config.max_new_tokens,
+        )
+    model, tokenizer, _ = load_checkpoint(model_dir, device=str(pick_device(config.device)))
+    results: dict[str, dict] = {}
+    # Text is scored when asked for, or by default when no tasks are; a recorded corpus alone, with
+    # tasks, only feeds the built-in tasks.
+    if config.text is not None or config.corpus or (corpus and not config.tasks):
+        if config.text is not None:
+            name, text = f"text:{config.text.name}", config.text.read_text(encoding="utf-8")
+        else:
+            name, text = f"val:{corpus}", validation_documents()
+        results[name] = evaluate_text(
+            model, tokenizer, text, stride=config.stride, batch_size=config.batch_size, progress=progress
+        )
+    results.update(run_tasks(model, tokenizer, tasks, batch_size=config.batch_size, progress=progress))
+
+    if config.run is not None:
+        from scratchlm.eval.report import append_benchmark
+
+        append_benchmark(config.run, results, ckpt=config.ckpt)
+    return results
