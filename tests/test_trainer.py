@@ -191,3 +191,33 @@ def test_saving_hashes_each_file_once_and_pruning_reads_manifests_only(tmp_path,
     # 12 checkpoints kept, each hashed once as it was written (weights and trainer state): not 1 + 2 + ... 12.
     assert sorted(hashed) == sorted([ckpt.WEIGHTS, ckpt.STATE] * 12)
     assert all(ckpt.verify_checkpoint(p) is None for _, p in RunDir(tmp_path / "run").checkpoints())
+
+
+class TwoLearners(Regression):
+    """Two trainable models (as PPO's policy and value model): each has its own optimizer and checkpoint."""
+
+    trainable = ("student", "critic")
+
+    def __init__(self):
+        super().__init__()
+        self.models["critic"] = torch.nn.Linear(4, 1, bias=False)
+
+    def loss(self, models, batch):
+        x, y, mask = batch
+        student = (models["student"](x).squeeze(-1) - y) ** 2  # (rows,)
+        critic = (models["critic"](x).squeeze(-1) + y) ** 2  # learns -y
+        return ((student + critic) * mask).sum(), int(mask.sum())
+
+
+def test_every_trainable_model_is_checkpointed_by_name_and_resumes_exactly(tmp_path):
+    flat = {"schedule": ScheduleConfig(kind="constant")}
+    _, whole = _fit(tmp_path / "whole", steps=9, make=TwoLearners, **flat)
+    first, _ = _fit(tmp_path / "broken", steps=6, make=TwoLearners, **flat)
+    assert (first.checkpoint_dir / ckpt.MODELS / "critic" / ckpt.WEIGHTS).is_file()
+    state = ckpt.load_state(first.checkpoint_dir)
+    assert set(state["optimizers"]) == {"student", "critic"}
+    _, resumed = _fit(tmp_path / "broken", steps=9, make=TwoLearners, resume=True, **flat)
+    assert _losses(tmp_path / "broken") == _losses(tmp_path / "whole")
+    for name in ("student", "critic"):
+        assert torch.equal(resumed.models[name].weight, whole.models[name].weight), name
+    assert not torch.equal(whole.models["student"].weight, whole.models["critic"].weight)
