@@ -188,3 +188,30 @@ def test_tensorboard_gets_the_same_scalars_as_metrics_jsonl(corpus, tmp_path):
     assert [s for s, _ in shown] == [s for s, _ in logged] == [1, 2, 3, 4]
     for (_, a), (_, b) in zip(shown, logged):
         assert a == pytest.approx(b, rel=1e-6)  # TensorBoard stores float32
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_nothing_half_written(
+    corpus, tmp_path, monkeypatch, capsys
+):
+    import errno
+    from pathlib import Path
+
+    from scratchlm.cli import main
+
+    real = Path.write_bytes
+
+    def full_disk(self, data):
+        if self.name == ckpt.STATE:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    run = tmp_path / "run"
+    overrides = [a for o in tiny_overrides(corpus, steps=8) for a in ("--set", o)]
+    assert main(["pretrain", "--out", str(run), *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and "step_4" in err[0], err
+    assert "Traceback" not in err[0] and not (run / "final").exists()
+    assert not (run / "checkpoints").exists() or not list(
+        (run / "checkpoints").iterdir()
+    )  # no partial folder

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -36,16 +34,13 @@ def register(subparsers) -> None:
 
 
 def _pretrain(args) -> int:
-    from scratchlm.train import load_pretrain_config, pretrain
+    from scratchlm.train import load_pretrain_config, pretrain  # here: `--help` never imports torch
 
-    config = args.config
-    saved = Path(args.out) / "config.yaml"
-    if config is None and args.resume and saved.is_file():
-        config = saved  # resuming: the run's own resolved configuration
     overrides = list(args.overrides)
     if args.max_time:
         overrides.append(f"budget.max_time={args.max_time}")
-    result = pretrain(load_pretrain_config(config, overrides), args.out, resume=args.resume)
+    config = load_pretrain_config(args.config, overrides, run_dir=args.out if args.resume else None)
+    result = pretrain(config, args.out, resume=args.resume)
     if result.stopped == "signal":
         return 130
     if result.val_loss is not None:

@@ -18,10 +18,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from scratchlm.errors import ScratchError
-from scratchlm.fileio import atomic_dir
+from scratchlm.fileio import atomic_dir, save_safetensors
 from scratchlm.interop.hf_tokenizer import write_hf_tokenizer
 from scratchlm.model.config import ModelConfig
 
@@ -195,7 +195,7 @@ def export_hf(model: torch.nn.Module, out_dir: str | Path, tokenizer=None) -> Pa
         (tmp / "generation_config.json").write_text(
             json.dumps({"bos_token_id": eot, "eos_token_id": eot, "do_sample": False}, indent=2) + "\n"
         )
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_safetensors(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save(tmp / "tokenizer")
             if getattr(tokenizer, "kind", None) == "bpe":  # a character vocabulary has no HF equivalent

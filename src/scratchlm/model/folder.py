@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from scratchlm import __version__
 from scratchlm.errors import ScratchError
-from scratchlm.fileio import atomic_dir, read_tagged_json, sha256_file
+from scratchlm.fileio import atomic_dir, read_tagged_json, save_safetensors, sha256_file
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.device import pick_device, resolve_dtype
 from scratchlm.model.transformer import Transformer
@@ -60,7 +60,7 @@ def write_model_files(
             "build the model with vocab_size >= the tokenizer's"
         )
     (directory / CONFIG).write_text(config.to_json())
-    save_file(_weights_to_store(model), str(directory / WEIGHTS), metadata={"format": "pt"})
+    save_safetensors(_weights_to_store(model), directory / WEIGHTS, metadata={"format": "pt"})
     tokenizer.save(directory / TOKENIZER)
     files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
     manifest = {

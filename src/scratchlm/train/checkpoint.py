@@ -20,6 +20,7 @@ it runs.
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import random
@@ -29,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from scratchlm.errors import ScratchError
-from scratchlm.fileio import atomic_dir, sha256_file, write_json_atomic
+from scratchlm.fileio import atomic_dir, save_safetensors, sha256_file, write_json_atomic
 from scratchlm.train.run_dir import RunDir
 
 FORMAT = "scratchlm-checkpoint"
@@ -54,7 +55,11 @@ def save_checkpoint(
     path = Path(path)
     with atomic_dir(path) as tmp:
         hashes = dict(write_models(tmp) or {})
-        torch.save(state, tmp / STATE)
+        # Serialized in memory, written by Python: a full disk is then an OSError that names the file,
+        # not the RuntimeError of torch's C++ zip writer.
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        (tmp / STATE).write_bytes(buffer.getvalue())
         files = {}
         for f in sorted(tmp.rglob("*")):
             if f.is_file():
@@ -147,7 +152,7 @@ def write_module(folder: Path, module: torch.nn.Module) -> dict[str, str]:
             continue
         seen.add(tensor.data_ptr())
         state[name] = tensor.detach().contiguous().cpu()
-    save_file(state, str(folder / WEIGHTS))
+    save_safetensors(state, folder / WEIGHTS)
     return {}
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from scratchlm.config import from_dict, load_config
 from scratchlm.errors import ScratchError
 from scratchlm.train.optim import OptimConfig
+from scratchlm.train.run_dir import RunDir
 from scratchlm.train.schedule import ScheduleConfig
 
 
@@ -218,8 +219,14 @@ def check_short_context(data: DataConfig, context_length: int) -> None:
         )
 
 
-def load_pretrain_config(path: str | Path | None = None, overrides: list[str] = ()) -> PretrainConfig:
-    """Defaults <- YAML recipe <- `--set` overrides; budgets are checked here, before any work is done."""
+def load_pretrain_config(
+    path: str | Path | None = None, overrides: list[str] = (), run_dir: str | Path | None = None
+) -> PretrainConfig:
+    """Defaults <- YAML recipe <- `--set` overrides; budgets are checked here, before any work is done.
+
+    Without a recipe, `run_dir` (a run being resumed) supplies its own resolved config.yaml."""
+    if path is None and run_dir is not None and RunDir(run_dir).config_path.is_file():
+        path = RunDir(run_dir).config_path
     cfg = load_config(PretrainConfig, path, overrides)
     check_budget(cfg)
     return cfg
