@@ -21,7 +21,6 @@ Prints our loss beside nanoGPT's and the 1.50 goal, and writes a loss-versus-tim
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from scratchlm.fileio import atomic_path
+from scratchlm.train.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 NANOGPT_SECONDS, NANOGPT_LOSS = 164.0, 1.898  # measured on the 2-core machine (issue 4)
@@ -64,8 +64,8 @@ def whole_split_loss(model: torch.nn.Module, ids: list[int], context: int, batch
 
 
 def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    return [r for r in records if r["kind"] == "train"], [r for r in records if r["kind"] == "eval"]
+    run = RunDir(run_dir)
+    return run.read_metrics("train"), run.read_metrics("eval")
 
 
 def plot(train: list[dict], evals: list[dict], final_loss: float, seconds: float, png: Path) -> None:

@@ -70,7 +70,7 @@ MEMORY_PROBE = textwrap.dedent(
     """
     import ctypes, json, sys, threading, time, torch, torch.nn.functional as F
     from scratchlm.model import Transformer, get_preset
-    from scratchlm.train.loop import enable_activation_checkpointing
+    from scratchlm.train.trainer import enable_activation_checkpointing
     from scratchlm.train.optim import OptimConfig, build_optimizer
     preset, batch, checkpointing, device = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
     config = get_preset(preset)

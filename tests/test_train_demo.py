@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import ROOT, shakespeare_path
 
-import scratchlm.data
+import scratchlm.train.demo
 from scratchlm.cli import main
 from scratchlm.errors import ScratchError
 from scratchlm.train.demo import pick_corpus
@@ -46,7 +46,7 @@ def test_offline_without_mirror_falls_back_to_pystdlib(monkeypatch):
     def offline(name):
         raise ScratchError(f"cannot download {name}: no network")
 
-    monkeypatch.setattr(scratchlm.data, "fetch", offline)
+    monkeypatch.setattr(scratchlm.train.demo, "fetch", offline)
     assert pick_corpus(said.append) == "pystdlib"
     assert len(said) == 1 and "offline" in said[0] and "pystdlib" in said[0] and "\n" not in said[0]
 

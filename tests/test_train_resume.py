@@ -22,15 +22,16 @@ from scratchlm.train.run_dir import RunDir, read_metrics
 
 RUN = """
 import os, signal, sys
-from scratchlm.train import trainer
+from scratchlm.train.metrics import RunLog
 overrides, out, signal_at, signame = {overrides!r}, {out!r}, {signal_at!r}, {signame!r}
 if signal_at:
-    original = trainer._Log.train
-    def log_then_signal(self, *args):
-        original(self, *args)
-        if self.counters.step == signal_at:
+    original = RunLog.train
+    def log_then_signal(self, record, *args):
+        step = record["step"]
+        original(self, record, *args)
+        if step == signal_at:
             os.kill(os.getpid(), getattr(signal, signame))
-    trainer._Log.train = log_then_signal
+    RunLog.train = log_then_signal
 from scratchlm.cli import main
 if {resume!r}:
     sys.exit(main(["pretrain", "--out", out, "--resume"]))  # the config comes from RUN/config.yaml

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 from scratchlm.errors import ScratchError
+from scratchlm.fileio import write_text_atomic
 
 T = TypeVar("T")
 
@@ -167,6 +168,5 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 
 
 def save_config(cfg, path: str | Path) -> None:
-    from scratchlm.fileio import write_text_atomic
 
     write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -23,6 +23,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from scratchlm.errors import ScratchError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -323,7 +325,6 @@ def read_tagged_json(path: Path, fmt: str, what: str, redo: str, version: int | 
     Every way it can be wrong is a one-line ScratchError naming the file and what to do (`redo`):
     unreadable or truncated JSON, another format, another version of this one.
     """
-    from scratchlm.errors import ScratchError
 
     try:
         with io_action("read", path):

@@ -18,8 +18,15 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from scratchlm.data import load_corpus
 from scratchlm.errors import ScratchError
+from scratchlm.eval.checkpoint import load_checkpoint
 from scratchlm.eval.config import EvalConfig
+from scratchlm.eval.lm import evaluate_text
+from scratchlm.eval.report import append_benchmark, run_corpus
+from scratchlm.eval.tasks import load_tasks, run_tasks
+from scratchlm.model.device import pick_device
+from scratchlm.train.run_dir import RunDir, resolve_model_dir
 
 FALLBACK_CORPUS = "shakespeare"  # built-in tasks' examples, when no corpus is given or recorded
 
@@ -27,9 +34,6 @@ FALLBACK_CORPUS = "shakespeare"  # built-in tasks' examples, when no corpus is g
 def default_corpus(model_dir: str | Path, run: str | Path | None = None) -> str | None:
     """The corpus a model was trained on: `run`'s config.yaml when given and it records one, else that of
     the run the model folder belongs to (RUN, RUN/final or RUN/checkpoints/step_N), else None."""
-    from scratchlm.eval.report import run_corpus
-    from scratchlm.train.run_dir import RunDir
-
     folders = [Path(run)] if run is not None else []
     if (owner := RunDir.of_model(model_dir)) is not None:
         folders.append(owner.path)
@@ -42,12 +46,6 @@ def default_corpus(model_dir: str | Path, run: str | Path | None = None) -> str 
 def evaluate(config: EvalConfig, *, progress: bool = False) -> dict[str, dict]:
     """{measurement name: figures} for `config`: `text:NAME` or `val:CORPUS` (loss, ppl, bpb, tokens,
     bytes), then one entry per task. `progress` shows a bar per measurement on stderr."""
-    from scratchlm.eval.checkpoint import load_checkpoint
-    from scratchlm.eval.lm import evaluate_text
-    from scratchlm.eval.tasks import load_tasks, run_tasks
-    from scratchlm.model.device import pick_device
-    from scratchlm.train.run_dir import RunDir, resolve_model_dir
-
     model_dir = resolve_model_dir(config.ckpt)  # first: a missing folder is named, not "nothing to do"
     if config.run is not None and not RunDir(config.run).metrics_path.is_file():  # before the work
         raise ScratchError(f"--run {config.run}: no metrics.jsonl there; give the folder of a training run")
@@ -62,7 +60,6 @@ def evaluate(config: EvalConfig, *, progress: bool = False) -> dict[str, dict]:
 
     @functools.cache  # read once, for the text score and the built-in tasks alike
     def validation_documents() -> list[str]:
-        from scratchlm.data import load_corpus
 
         _, val = load_corpus(corpus or FALLBACK_CORPUS).split()
         if not val:
@@ -94,7 +91,5 @@ def evaluate(config: EvalConfig, *, progress: bool = False) -> dict[str, dict]:
     results.update(run_tasks(model, tokenizer, tasks, batch_size=config.batch_size, progress=progress))
 
     if config.run is not None:
-        from scratchlm.eval.report import append_benchmark
-
         append_benchmark(config.run, results, ckpt=config.ckpt)
     return results

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from scratchlm.config import from_dict, load_config
 from scratchlm.errors import ScratchError
+from scratchlm.model import ModelConfig, get_preset
+from scratchlm.model.config import swiglu_hidden
 from scratchlm.train.optim import OptimConfig
 from scratchlm.train.run_dir import RunDir
 from scratchlm.train.schedule import ScheduleConfig
@@ -188,9 +190,6 @@ def parse_duration(text: str | float) -> float:
 
 def resolve_model_config(section: dict, vocab_size: int):
     """The `model` section (optional preset + field overrides) -> a validated ModelConfig."""
-    from scratchlm.model import ModelConfig, get_preset
-    from scratchlm.model.config import swiglu_hidden
-
     data = dict(section)
     preset = data.pop("preset", None)
     base_config = get_preset(preset) if preset else ModelConfig()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from scratchlm.data import fetch
 from scratchlm.errors import ScratchError
 from scratchlm.train.causal_lm import pretrain
 from scratchlm.train.config import load_pretrain_config
@@ -22,8 +23,6 @@ RECIPE = "shakespeare-char"
 
 def pick_corpus(say=print) -> str:
     """'shakespeare' if it can be had (cache, mirror, download), else 'pystdlib', said in one line."""
-    from scratchlm.data import fetch
-
     try:
         fetch("shakespeare")
         return "shakespeare"

@@ -1,70 +1,23 @@
-"""What a run reports: metrics.jsonl (the record), a progress bar (for the person), TensorBoard (optional).
+"""What a run reports while it trains: records to metrics.jsonl (through `RunDir`, its owner), a progress
+bar for the person, TensorBoard scalars (optional), and the throughput and MFU of each logging window.
 
-metrics.jsonl follows docs/architecture.md: one JSON object a line, `kind` "train" or "eval". It is
-appended line by line and flushed, so a killed run keeps everything up to its last step. On resume, lines
-past the checkpoint's step are dropped first: the resumed run writes them again, and the file then reads
-exactly like an uninterrupted run's.
-
-MFU (model FLOPs utilization) is measured against the matrix-multiply rate of *this* machine, timed at
-the start of the run, not a datasheet peak: on a laptop CPU there is no honest datasheet figure, and a
-ratio against a measured rate says how much of the step is not matmul.
+MFU (model FLOPs utilization) divides by the device's specified peak (`peak_flops`), not by a rate timed
+at the start of the run, which depends on what else shared the machine then. `measure_matmul_flops`
+remains for benchmarks that report the rate this machine reaches.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
-from scratchlm.fileio import write_text_atomic
-
-
-class MetricsLog:
-    """Append-only JSON Lines file; `truncate_after(step)` prepares it for a resumed run."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = None
-
-    def truncate_after(self, step: int) -> None:
-        """Drop records with a step beyond `step` (written after the checkpoint a run resumes from)."""
-        if not self.path.exists():
-            return
-        keep = []
-        for line in self.path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill
-            if record.get("step", 0) <= step:
-                keep.append(line)
-        write_text_atomic(self.path, "".join(line + "\n" for line in keep))
-
-    def write(self, record: dict) -> None:
-        if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-def read_metrics(path: str | Path, kind: str | None = None) -> list[dict]:
-    """All records of a metrics.jsonl (optionally of one kind)."""
-    out = []
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            if kind is None or record.get("kind") == kind:
-                out.append(record)
-    return out
+from scratchlm.train.config import LoggingConfig
+from scratchlm.train.distributed import World, all_reduce_sum
+from scratchlm.train.run_dir import RunDir
 
 
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 0, seconds: float = 0.3):
@@ -101,8 +54,6 @@ class Progress:
     def __init__(self, enabled: bool, initial: float = 0.0, say=print):
         self.bar, self.say = None, say
         if enabled:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=100.0, initial=100.0 * initial, bar_format="{l_bar}{bar}|{postfix}")
 
     def update(self, progress: float, elapsed: float, **fields) -> None:
@@ -169,3 +120,54 @@ class TensorBoard:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class RunLog:
+    """The records, TensorBoard scalars and progress bar of one training process (rank 0 writes)."""
+
+    def __init__(self, run: RunDir, world: World, cfg: LoggingConfig, *, peak: float, after_step: int,
+                 progress: float, say=print):  # fmt: skip
+        self.world = world
+        self.metrics = run.open_metrics(after_step) if world.is_main else None
+        self.tensorboard = TensorBoard(run.tensorboard, cfg.tensorboard and world.is_main)
+        self.progress = Progress(cfg.progress and world.is_main, progress, say)
+        self.peak = peak * world.size  # FLOP/s of all ranks together
+        self.tokens = 0  # tokens and model FLOPs done by this process, step by step: MFU over a window
+        self.flops = 0.0  # that spans a change of the step's shape (a context curriculum) stays exact
+        self.restart_window()
+
+    def add_work(self, tokens: int, flops: float) -> None:
+        self.tokens += tokens
+        self.flops += flops
+
+    def restart_window(self) -> None:
+        """Evaluating or saving is not training: throughput is measured from here on."""
+        self.window = (time.perf_counter(), self.tokens, self.flops)
+
+    def train(self, record: dict, loss: torch.Tensor, progress: float) -> None:
+        """Complete a train `record` (step, tokens, elapsed_s, lr...) with the loss averaged over ranks,
+        tokens/s and MFU over the window since the last one, then write and show it."""
+        (mean_loss,) = all_reduce_sum([float(loss)], self.world)
+        now = time.perf_counter()
+        then, tokens_then, flops_then = self.window
+        seconds = max(1e-9, now - then)
+        tokens_per_s = (self.tokens - tokens_then) / seconds
+        mfu = (self.flops - flops_then) / seconds / self.peak
+        self.window = (now, self.tokens, self.flops)
+        step, elapsed, extra = record.pop("step"), record.pop("elapsed_s"), record.pop("info")
+        record = {"kind": "train", "step": step, "tokens": record.pop("tokens"),
+                  "elapsed_s": round(elapsed, 3), "loss": mean_loss, **record,
+                  "tokens_per_s": round(tokens_per_s, 1), "mfu": round(mfu, 4), **extra}  # fmt: skip
+        self.record(record)
+        self.progress.update(progress, elapsed, step=step, loss=mean_loss, **{"tok/s": tokens_per_s}, mfu=mfu)
+
+    def record(self, record: dict) -> None:
+        if self.metrics:
+            self.metrics.write(record)
+            self.tensorboard.scalars(record["step"], record)
+
+    def close(self) -> None:
+        self.progress.close()
+        self.tensorboard.close()
+        if self.metrics:
+            self.metrics.close()

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from scratchlm.train.metrics import measure_matmul_flops
+
 # Dense bf16 tensor-core TFLOP/s from the vendors' datasheets (TF32 is half of it on these parts).
 _GPU_BF16_TFLOPS = {
     "H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 756.0,
@@ -34,7 +36,6 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
             if key in name:
                 rate = tflops * 1e12 if dtype == torch.bfloat16 else tflops * 1e12 / 2
                 return rate, f"{name}: datasheet dense {'bf16' if dtype == torch.bfloat16 else 'tf32'}"
-        from scratchlm.train.metrics import measure_matmul_flops
 
         return measure_matmul_flops(device, dtype), f"{name}: not in the datasheet table, timed matmul"
     if device.type == "cpu":
@@ -47,7 +48,6 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
         threads, ghz = torch.get_num_threads(), _cpu_ghz()
         how = f"CPU: {threads} threads x {ghz:.2f} GHz x {per_cycle} FLOP/cycle"
         return threads * ghz * 1e9 * per_cycle, how
-    from scratchlm.train.metrics import measure_matmul_flops
 
     return measure_matmul_flops(device, dtype), f"{device.type}: timed matmul"
 

@@ -17,8 +17,10 @@ import hashlib
 import json
 from pathlib import Path
 
+from scratchlm.data import load_corpus, prepare
 from scratchlm.fileio import atomic_dir
 from scratchlm.paths import cache_dir
+from scratchlm.tokenizer import ENDOFTEXT, load_tokenizer, train_bpe, train_char
 from scratchlm.train.config import DataConfig
 from scratchlm.train.distributed import World, barrier
 
@@ -27,9 +29,6 @@ VAL_FRACTION = 0.1  # nanoGPT's Tiny Shakespeare convention, also the data stage
 
 def prepare_run_data(cfg: DataConfig, run_dir: Path, world: World, say=print) -> tuple[Path, object]:
     """(shard folder, tokenizer) for `cfg`, building what is missing on rank 0 while the others wait."""
-    from scratchlm.data import load_corpus, prepare
-    from scratchlm.tokenizer import load_tokenizer
-
     corpus = load_corpus(cfg.corpus)
     given = Path(cfg.tokenizer) if cfg.tokenizer not in ("char", "bpe") else None
     if given is not None:
@@ -66,7 +65,6 @@ def _complete(tok_dir: Path) -> bool:
 
 
 def _train_tokenizer(cfg: DataConfig, corpus):
-    from scratchlm.tokenizer import ENDOFTEXT, train_bpe, train_char
 
     if cfg.tokenizer == "char":
         # Many documents need <|endoftext|> between them; one (Tiny Shakespeare) keeps nanoGPT's 65 symbols.

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
 from scratchlm.errors import ScratchError
@@ -40,7 +41,7 @@ from scratchlm.train import checkpoint as ckpt
 from scratchlm.train import distributed
 from scratchlm.train.allocator import keep_freed_cpu_memory
 from scratchlm.train.config import TrainerConfig
-from scratchlm.train.metrics import Progress, TensorBoard
+from scratchlm.train.metrics import RunLog
 from scratchlm.train.objective import Objective
 from scratchlm.train.optim import build_optimizer
 from scratchlm.train.peak_flops import peak_flops
@@ -135,7 +136,11 @@ class Trainer:
                              final_dir=run.final)  # fmt: skip
         wrapped = {name: self._wrap(objective.models[name]) for name in objective.trainable}
         models = {**objective.models, **wrapped}
-        log = _Log(self, counters)
+        peak, how = peak_flops(self.device, self.dtype)
+        if cfg.logging.progress:
+            self.say(f"MFU against {how}" + (f" (x {world.size} ranks)" if world.distributed else ""))
+        log = RunLog(run, world, cfg.logging, peak=peak, after_step=counters.step,
+                     progress=self._progress(counters, counters.elapsed_before), say=self.say)  # fmt: skip
         start = time.perf_counter()
         elapsed = lambda: counters.elapsed_before + time.perf_counter() - start  # noqa: E731
         bad = torch.zeros((), dtype=torch.bool, device=self.device)  # a non-finite or far too large loss
@@ -157,7 +162,7 @@ class Trainer:
                     bad |= ~torch.isfinite(loss) | (loss > ceiling)
                     counters.step += 1
                     counters.tokens += work.tokens
-                    log.add_work(work)
+                    log.add_work(work.tokens, work.flops)
                     step = counters.step
                     log_now = step % cfg.logging.every == 0
                     eval_now = cfg.eval_every > 0 and step % cfg.eval_every == 0
@@ -165,7 +170,11 @@ class Trainer:
                     if log_now or eval_now or save_now or self.device.type == "cpu":
                         self._check_loss(bad, loss, ceiling, counters, last_save)
                     if log_now:
-                        log.train(loss, factor, elapsed(), progress, work.info)
+                        now = elapsed()
+                        lr = factor * cfg.optim.lr
+                        record = {"step": step, "tokens": counters.tokens, "elapsed_s": now, "lr": lr,
+                                  "lr_factor": factor, "info": work.info}  # fmt: skip
+                        log.train(record, loss, self._progress(counters, now))
                     if eval_now:
                         last_eval = self._evaluate(objective, counters, log, elapsed(), last_save)
                     if save_now:
@@ -257,8 +266,6 @@ class Trainer:
         if self.cfg.activation_checkpointing:
             enable_activation_checkpointing(model)
         if self.world.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=ids)
         return torch.compile(model) if self.cfg.compile else model
@@ -286,7 +293,7 @@ class Trainer:
             "or raise schedule.warmup_steps, then --resume"
         )
 
-    def _evaluate(self, objective, counters: _Counters, log: _Log, elapsed: float, last_save) -> dict:
+    def _evaluate(self, objective, counters: _Counters, log: RunLog, elapsed: float, last_save) -> dict:
         started = time.perf_counter()
         figures = objective.evaluate(counters.step)
         record = {"kind": "eval", "step": counters.step, "tokens": counters.tokens,
@@ -383,60 +390,3 @@ class Trainer:
                 objective.write_model(objective.trainable[0], tmp, extra)
         distributed.barrier(self.world)
         return self.run.final
-
-
-class _Log:
-    """Metrics, TensorBoard and the progress bar of one fit, with the throughput window they measure."""
-
-    def __init__(self, trainer: Trainer, counters: _Counters):
-        self.trainer, self.counters = trainer, counters
-        world, cfg = trainer.world, trainer.cfg
-        self.metrics = trainer.run.open_metrics(counters.step) if world.is_main else None
-        self.tensorboard = TensorBoard(trainer.run.tensorboard, cfg.logging.tensorboard and world.is_main)
-        peak, how = peak_flops(trainer.device, trainer.dtype)
-        self.peak = peak * world.size
-        if cfg.logging.progress:
-            trainer.say(
-                f"MFU against {how} (x {world.size} ranks)" if world.distributed else f"MFU against {how}"
-            )
-        elapsed = counters.elapsed_before
-        self.progress = Progress(cfg.logging.progress and world.is_main, trainer._progress(counters, elapsed),
-                                 trainer.say)  # fmt: skip
-        # Model FLOPs of the steps done, summed step by step: MFU over a window that spans a change of
-        # the step's shape (a context curriculum) stays exact.
-        self.flops = 0.0
-        self.restart_window()
-
-    def add_work(self, work) -> None:
-        self.flops += work.flops
-
-    def restart_window(self) -> None:
-        self.window = (time.perf_counter(), self.counters.tokens, self.flops)
-
-    def train(self, loss: torch.Tensor, factor: float, elapsed: float, progress: float, info: dict) -> None:
-        (mean_loss,) = distributed.all_reduce_sum([float(loss)], self.trainer.world)
-        now = time.perf_counter()
-        then, tokens_then, flops_then = self.window
-        seconds = max(1e-9, now - then)
-        tokens_per_s = (self.counters.tokens - tokens_then) / seconds
-        mfu = (self.flops - flops_then) / seconds / self.peak
-        self.window = (now, self.counters.tokens, self.flops)
-        record = {
-            "kind": "train", "step": self.counters.step, "tokens": self.counters.tokens,
-            "elapsed_s": round(elapsed, 3), "loss": mean_loss, "lr": factor * self.trainer.cfg.optim.lr,
-            "lr_factor": factor, "tokens_per_s": round(tokens_per_s, 1), "mfu": round(mfu, 4), **info,
-        }  # fmt: skip
-        self.record(record)
-        self.progress.update(progress, elapsed, step=self.counters.step, loss=mean_loss,
-                             **{"tok/s": tokens_per_s}, mfu=mfu)  # fmt: skip
-
-    def record(self, record: dict) -> None:
-        if self.metrics:
-            self.metrics.write(record)
-            self.tensorboard.scalars(record["step"], record)
-
-    def close(self) -> None:
-        self.progress.close()
-        self.tensorboard.close()
-        if self.metrics:
-            self.metrics.close()
