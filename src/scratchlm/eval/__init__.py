@@ -22,6 +22,8 @@ import importlib
 import sys
 import types
 
+from scratchlm.lazy import lazy_exports
+
 _EXPORTS = {
     "EvalConfig": "scratchlm.eval.config",
     "Task": "scratchlm.eval.tasks",
@@ -36,13 +38,7 @@ _EXPORTS = {
     "run_tasks": "scratchlm.eval.tasks",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'scratchlm.eval' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
 
 
 class _Package(types.ModuleType):

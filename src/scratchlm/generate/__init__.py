@@ -10,6 +10,8 @@ Imports are lazy (PEP 562): `scratchlm.generate.config` is importable without to
 
 from __future__ import annotations
 
+from scratchlm.lazy import lazy_exports
+
 _EXPORTS = {
     "DecodeStep": "scratchlm.generate.engine",
     "decode_steps": "scratchlm.generate.engine",
@@ -22,12 +24,4 @@ _EXPORTS = {
     "TextStream": "scratchlm.generate.stream",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'scratchlm.generate' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

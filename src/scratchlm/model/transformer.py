@@ -138,6 +138,7 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         positions: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids (B, T) -> logits (B, T, vocab_size).
 
@@ -147,6 +148,9 @@ class Transformer(nn.Module):
         S = cached + T slots (or over the T new ones only, with a cache that remembers the rest).
         A left-padded row with positions counting from its first real token gives the same logits on its
         real tokens as the prompt alone.
+        `document_ids` (B, T): several sequences packed in one row (no cache). A token attends only to
+        earlier tokens of its own document, and positions restart at each document, so every document
+        gets exactly the logits it would get alone (block-diagonal causal attention).
         """
         cfg = self.config
         B, T = input_ids.shape
@@ -161,12 +165,19 @@ class Transformer(nn.Module):
             assert cache.batch_size == B, f"cache holds {cache.batch_size} rows, input has {B}"
             cache.reserve(T)
 
+        if document_ids is not None:
+            if cache is not None or attention_mask is not None:
+                raise ScratchError("document_ids (packed rows) go without a cache and an attention_mask")
+            attn_mask, is_causal = _document_mask(document_ids), False  # (B, 1, T, T)
+            if positions is None:
+                positions = _document_positions(document_ids)  # (B, T)
         if positions is None:
             start = cache.next_position[:, None] if cache is not None else 0
             positions = start + torch.arange(T, device=device)[None, :]  # (B, T) or (1, T)
         positions = positions.expand(B, T)
         key_mask = self._key_mask(attention_mask, cache, B, T, device)  # (B, S) bool or None
-        attn_mask, is_causal = self._attention_mask(key_mask, past, T, device)
+        if document_ids is None:
+            attn_mask, is_causal = self._attention_mask(key_mask, past, T, device)
 
         x = self.token_embedding(input_ids)  # (B, T, d)
         if cfg.ngram_orders:
@@ -264,3 +275,23 @@ class Transformer(nn.Module):
             n_matmul += self.lm_head.weight.numel()
         train = 6 * n_matmul + 12 * cfg.n_layers * cfg.d_model * T
         return float(train if training else train / 3)
+
+
+def _document_mask(document_ids: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T) bool: query i sees key j when j <= i and both belong to the same document."""
+    T = document_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=document_ids.device).tril()  # (T, T)
+    same = document_ids[:, :, None] == document_ids[:, None, :]  # (B, T, T)
+    return (same & causal)[:, None]
+
+
+def _document_positions(document_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T): each token's position within its document (0 where a new document starts)."""
+    B, T = document_ids.shape
+    index = torch.arange(T, device=document_ids.device).expand(B, T)  # (B, T)
+    starts = torch.ones_like(document_ids, dtype=torch.bool)
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    first = (
+        torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+    )  # start of each token's document
+    return index - first

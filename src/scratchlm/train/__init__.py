@@ -10,6 +10,8 @@ Imports are lazy (PEP 562): `scratchlm.train.optim` is importable on its own wit
 
 from __future__ import annotations
 
+from scratchlm.lazy import lazy_exports
+
 _EXPORTS = {
     "PretrainConfig": "scratchlm.train.config",
     "load_pretrain_config": "scratchlm.train.config",
@@ -22,12 +24,4 @@ _EXPORTS = {
     "run_demo": "scratchlm.train.demo",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'scratchlm.train' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
