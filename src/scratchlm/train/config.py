@@ -50,6 +50,9 @@ class DataConfig:
     # the window); the final part adapts the model to its full context, the windows validation scores.
     short_context: int = 0  # 0 = off; else < model.context_length and dividing it, e.g. 64 for 256
     short_context_until: float = 0.0  # fraction of the budget (run progress) trained at short_context
+    # char only: characters the vocabulary must hold beyond the corpus (an SFT base needs the tasks' digits)
+    extra_chars: str = ""
+    chat_tokens: bool = False  # char only: reserve <|endoftext|> and the chat role tokens for SFT and chat
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0 or self.grad_accum <= 0:
@@ -137,14 +140,13 @@ class TrainerConfig:
     activation_checkpointing: bool = False
 
 
-OBJECTIVES = ("causal_lm",)  # what `scratchlm pretrain` can train; later stages add their own configs
-
-
 @dataclass
-class PretrainConfig:
-    objective: str = "causal_lm"  # next-token prediction over token shards (scratchlm.train.causal_lm)
-    model: dict = field(default_factory=dict)  # {preset: NAME, field: value, ...} -> ModelConfig
-    data: DataConfig = field(default_factory=DataConfig)
+class TrainingSections:
+    """The sections of every stage's recipe that the Trainer reads; a stage's config adds its own.
+
+    `eval` is the stage's evaluation section: the Trainer reads only `eval.every` and `eval.max_rises`.
+    """
+
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
@@ -154,27 +156,40 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "bf16"  # bf16 autocast for matmuls (weights and optimizer stay fp32) | fp32
-    grad_clip: float = 1.0  # max global gradient norm (0: off)
+    grad_clip: float = 1.0  # max gradient norm of each trainable model (0: off)
     compile: bool = False  # torch.compile the model
     activation_checkpointing: bool = False  # recompute each block's activations in backward
 
     def __post_init__(self) -> None:
         if self.precision not in ("bf16", "fp32"):
             raise ScratchError(f"precision {self.precision!r} is unknown; use bf16 or fp32")
-        if self.objective not in OBJECTIVES:
-            raise ScratchError(
-                f"objective {self.objective!r} does not exist; scratchlm pretrain trains "
-                f"{', '.join(OBJECTIVES)}"
-            )
 
     def trainer(self) -> TrainerConfig:
-        """The sections the Trainer reads; the rest (model, data, eval figures) is the objective's."""
+        """The sections the Trainer reads, as one TrainerConfig."""
         return TrainerConfig(
             budget=self.budget, optim=self.optim, schedule=self.schedule, logging=self.logging,
             checkpoint=self.checkpoint, eval_every=self.eval.every, max_rises=self.eval.max_rises,
             seed=self.seed, precision=self.precision, grad_clip=self.grad_clip, compile=self.compile,
             activation_checkpointing=self.activation_checkpointing,
         )  # fmt: skip
+
+
+OBJECTIVES = ("causal_lm",)  # what `scratchlm pretrain` can train; SFT has its own config and command
+
+
+@dataclass
+class PretrainConfig(TrainingSections):
+    objective: str = "causal_lm"  # next-token prediction over token shards (scratchlm.train.causal_lm)
+    model: dict = field(default_factory=dict)  # {preset: NAME, field: value, ...} -> ModelConfig
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.objective not in OBJECTIVES:
+            raise ScratchError(
+                f"objective {self.objective!r} does not exist; scratchlm pretrain trains "
+                f"{', '.join(OBJECTIVES)}"
+            )
 
 
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}

@@ -20,7 +20,7 @@ from pathlib import Path
 from scratchlm.data import load_corpus, prepare
 from scratchlm.fileio import atomic_dir
 from scratchlm.paths import cache_dir
-from scratchlm.tokenizer import ENDOFTEXT, load_tokenizer, train_bpe, train_char
+from scratchlm.tokenizer import CHAT_SPECIAL_TOKENS, ENDOFTEXT, load_tokenizer, train_bpe, train_char
 from scratchlm.train.config import DataConfig
 from scratchlm.train.distributed import World, barrier
 
@@ -38,6 +38,8 @@ def prepare_run_data(cfg: DataConfig, run_dir: Path, world: World, say=print) ->
             "tokenizer": cfg.tokenizer,
             "vocab_size": cfg.vocab_size if cfg.tokenizer == "bpe" else None,
         }
+        if cfg.extra_chars or cfg.chat_tokens:  # keys of runs without them stay as they were
+            choice.update(extra_chars=cfg.extra_chars, chat_tokens=cfg.chat_tokens)
     key_source = json.dumps({"corpus": corpus.sha256, "val_fraction": VAL_FRACTION, **choice}, sort_keys=True)
     key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
     root = cache_dir() / "prepared" / key if cfg.shared_cache else run_dir / "data"
@@ -65,10 +67,13 @@ def _complete(tok_dir: Path) -> bool:
 
 
 def _train_tokenizer(cfg: DataConfig, corpus):
-
     if cfg.tokenizer == "char":
         # Many documents need <|endoftext|> between them; one (Tiny Shakespeare) keeps nanoGPT's 65 symbols.
-        specials = (ENDOFTEXT,) if len(corpus.documents) > 1 else ()
-        return train_char(corpus.documents, special_tokens=specials)
+        specials = (ENDOFTEXT,) if len(corpus.documents) > 1 or cfg.chat_tokens else ()
+        if cfg.chat_tokens:
+            specials += CHAT_SPECIAL_TOKENS
+        # extra_chars: an alphabet the corpus lacks but later stages need (Tiny Shakespeare's only digit
+        # is "3"; the SFT tasks need all ten), learned from a document of just those characters.
+        return train_char([*corpus.documents, cfg.extra_chars], special_tokens=specials)
     train_docs, _ = corpus.split(VAL_FRACTION)
     return train_bpe(train_docs, cfg.vocab_size)
