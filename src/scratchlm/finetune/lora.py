@@ -41,9 +41,9 @@ PROJECTIONS = ATTENTION_PROJECTIONS + MLP_PROJECTIONS
 class LoRAConfig:
     """Which projections get an adapter, and its rank r, scale alpha / r and input dropout.
 
-    Default targets q and v: Hu et al. 2021 (sec. 7.1, Table 5) find that under a fixed parameter budget
-    adapting W_q and W_v at r=4 matches all four attention matrices at r=2 and beats any single one at r=8,
-    and adapt W_q, W_v in their GPT-3 experiments; PEFT's default for Llama is the same pair.
+    Default targets q and v: under a fixed budget of adapter parameters Hu et al. 2021 (sec. 7.1, Table 5)
+    find W_q, W_v at r=4 about as good as all four attention matrices at r=2 and better than any single one
+    at r=8, and adapt W_q, W_v in their GPT-3 runs; PEFT's default for Llama is the same pair.
     """
 
     rank: int = 8
@@ -77,8 +77,8 @@ class LoRAConfig:
 class LoRALinear(nn.Module):
     """A frozen `nn.Linear` plus a trainable low-rank update: base(x) + dropout(x) A^T B^T * alpha / r.
 
-    Scaling by alpha / r (Hu et al. 2021, sec. 4.1) keeps the update's size roughly independent of r, so a
-    learning rate tuned at one rank serves others. Initialisation is PEFT's: A Kaiming-uniform (a=sqrt(5),
+    Scaling by alpha / r (Hu et al. 2021, sec. 4.1) keeps the update's scale from growing with r, so
+    hyperparameters need less retuning when r changes. Initialisation is PEFT's: A Kaiming-uniform (a=sqrt(5),
     nn.Linear's own init), B zero, so the wrapped layer starts as exactly the base layer.
 
     `merge()` adds the update into the base weight (one matmul at inference, no extra latency: sec. 4.1),
@@ -91,8 +91,12 @@ class LoRALinear(nn.Module):
         self.base = base.requires_grad_(False)
         self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
         weight = base.weight  # (out, in)
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=weight.device, dtype=weight.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=weight.device, dtype=weight.dtype))
+        self.lora_A = nn.Parameter(
+            torch.empty(rank, base.in_features, device=weight.device, dtype=weight.dtype)
+        )
+        self.lora_B = nn.Parameter(
+            torch.zeros(base.out_features, rank, device=weight.device, dtype=weight.dtype)
+        )
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
@@ -141,21 +145,26 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
     Afterwards only the adapters' A and B require gradients. Returns `model`.
     """
     if lora_modules(model):
-        raise ScratchError("model already has LoRA adapters; merge_lora(model) first, or apply to a fresh one")
-    model.requires_grad_(False)
-    found = set()
-    for name, module in list(model.named_modules()):
-        parent_name, _, leaf = name.rpartition(".")
-        if leaf in config.targets and isinstance(module, nn.Linear):
-            wrapper = LoRALinear(module, config.rank, config.alpha, config.dropout)
-            setattr(model.get_submodule(parent_name), leaf, wrapper)
-            found.add(leaf)
+        raise ScratchError(
+            "model already has LoRA adapters; merge_lora(model) first, or apply to a fresh one"
+        )
+    targets = [
+        name
+        for name, module in model.named_modules()
+        if name.rpartition(".")[2] in config.targets and isinstance(module, nn.Linear)
+    ]
+    found = {name.rpartition(".")[2] for name in targets}
     missing = [t for t in config.targets if t not in found]
-    if missing:
+    if missing:  # checked before anything changes: a refused model is left as it was
         raise ScratchError(
             f"lora: the model has no {missing[0]!r} layer (gate_proj exists only with mlp=swiglu); "
             "remove it from targets"
         )
+    model.requires_grad_(False)
+    for name in targets:
+        parent_name, _, leaf = name.rpartition(".")
+        wrapper = LoRALinear(model.get_submodule(name), config.rank, config.alpha, config.dropout)
+        setattr(model.get_submodule(parent_name), leaf, wrapper)
     return model
 
 
@@ -199,7 +208,9 @@ def peft_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, wrapper in lora_modules(model).items():
         module = hf_name(f"{name}.weight").removesuffix(".weight")  # model.layers.0.self_attn.q_proj
         for part, tensor in (("lora_A", wrapper.lora_A), ("lora_B", wrapper.lora_B)):
-            out[f"{PEFT_PREFIX}{module}.{part}.weight"] = tensor.detach().to("cpu", torch.float32).contiguous()
+            out[f"{PEFT_PREFIX}{module}.{part}.weight"] = (
+                tensor.detach().to("cpu", torch.float32).contiguous()
+            )
     return out
 
 
@@ -229,7 +240,7 @@ def peft_adapter_config(config: LoRAConfig, base_model_name_or_path: str | None 
 def export_peft(
     model: nn.Module, config: LoRAConfig, out_dir: str | Path, base_hf_dir: str | Path | None = None
 ) -> Path:
-    """Write the adapters of `model` as a PEFT LoRA folder: `adapter_config.json` + `adapter_model.safetensors`.
+    """Write the adapters of `model` as a PEFT LoRA folder: adapter_config.json, adapter_model.safetensors.
 
     `peft.PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(base), out_dir)` computes what our
     model does, where `base` is our base model written by `export_hf` (before `apply_lora`).
@@ -241,7 +252,11 @@ def export_peft(
     if not wrappers:
         raise ScratchError("export_peft: the model has no LoRA adapters; apply_lora(model, config) first")
     for name, w in wrappers.items():
-        if w.rank != config.rank or w.scaling != config.scaling or name.rpartition(".")[2] not in config.targets:
+        if (
+            w.rank != config.rank
+            or w.scaling != config.scaling
+            or name.rpartition(".")[2] not in config.targets
+        ):
             raise ScratchError(
                 f"export_peft: adapter {name} (rank {w.rank}, alpha {w.alpha}) does not match the LoRAConfig "
                 f"given (rank {config.rank}, alpha {config.alpha}, targets {config.targets}); pass the one "
@@ -253,6 +268,8 @@ def export_peft(
     tensors = peft_state_dict(model)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        (tmp / "adapter_config.json").write_text(json.dumps(peft_adapter_config(config, base), indent=2) + "\n")
+        (tmp / "adapter_config.json").write_text(
+            json.dumps(peft_adapter_config(config, base), indent=2) + "\n"
+        )
         save_safetensors(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
     return out_dir
