@@ -77,3 +77,12 @@ def test_exported_folder_generates_like_ours(tmp_path):
 def test_char_tokenizers_do_not_convert(tmp_path):
     with pytest.raises(ScratchError, match="BPE"):
         write_hf_tokenizer(train_char("abc"), tmp_path, 16)
+
+
+def test_digit_runs_split_in_threes_in_hf_too(tmp_path):
+    # Oniguruma reads GPT-4's possessive `\p{N}{1,3}+` as `(\p{N}{1,3})+`, whole digit runs at once
+    text = "4242 1234567 99999 2024-12-01 x42424y " * 30
+    tok = train_bpe(text, 300)
+    write_hf_tokenizer(tok, tmp_path, model_max_length=1 << 10)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    assert hf.encode(text, add_special_tokens=False) == tok.encode(text)

@@ -12,16 +12,23 @@ The merge that creates a token is recovered by re-running BPE on the token's own
 ranks below its own: what is left is exactly two parts (this is how tiktoken-to-HF converters work). The
 list of those pairs in rank order reproduces the same encoding; `ignore_merges` takes a piece that is a
 whole token directly, as tiktoken does. The pre-tokenization regex is carried over as is (HF's Oniguruma
-engine reads the GPT-2 and GPT-4 patterns, possessive quantifiers included). The tests encode text both
+engine reads the GPT-2 and GPT-4 patterns; `?+`, `*+` and `++` are possessive there too, but `{n,m}+` is a
+second quantifier, so it is written as plain `{n,m}`, see `oniguruma_pattern`). The tests encode text both
 ways and compare.
+
+A tokenizer with the chat role tokens also gets our chat format as `tokenizer_config.json`'s Jinja
+`chat_template` (scratchlm.data.chat), so `apply_chat_template` renders conversations to our ids.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+from scratchlm.data.chat import CHAT_TEMPLATE
 from scratchlm.errors import ScratchError
+from scratchlm.tokenizer.base import CHAT_SPECIAL_TOKENS
 
 
 def byte_to_unicode() -> dict[int, str]:
@@ -78,6 +85,16 @@ def merges_from_ranks(ranks: list[bytes]) -> list[tuple[bytes, bytes]]:
     return merges
 
 
+def oniguruma_pattern(pattern: str) -> str:
+    """`pattern` for HF's Oniguruma engine (Ruby syntax), where `X{1,3}+` means `(X{1,3})+`, any length.
+
+    Possessive `{n,m}+` becomes greedy `{n,m}`: the same matches wherever nothing after the quantifier
+    can fail and backtrack into it, as in GPT-4's `\\p{N}{1,3}+` (the last item of its alternative).
+    Without this, digit runs were one piece in HF and groups of three in tiktoken ("4242": 42|42 vs 424|2).
+    """
+    return re.sub(r"(\{\d*,?\d*\})\+", r"\1", pattern)
+
+
 def hf_tokenizer_json(tokenizer) -> dict:
     """The `tokenizer.json` document for a scratchlm BPE tokenizer."""
     if getattr(tokenizer, "kind", None) != "bpe":
@@ -115,7 +132,7 @@ def hf_tokenizer_json(tokenizer) -> dict:
             "pretokenizers": [
                 {
                     "type": "Split",
-                    "pattern": {"Regex": tokenizer.pattern},
+                    "pattern": {"Regex": oniguruma_pattern(tokenizer.pattern)},
                     "behavior": "Isolated",
                     "invert": False,
                 },
@@ -140,7 +157,7 @@ def hf_tokenizer_json(tokenizer) -> dict:
 
 
 def write_hf_tokenizer(tokenizer, directory: str | Path, model_max_length: int) -> None:
-    """Write `tokenizer.json` and `tokenizer_config.json` into an (export) folder."""
+    """Write `tokenizer.json` and `tokenizer_config.json` (with the chat template) into an (export) folder."""
     directory = Path(directory)
     document = hf_tokenizer_json(tokenizer)
     (directory / "tokenizer.json").write_text(json.dumps(document, ensure_ascii=False) + "\n")
@@ -152,4 +169,6 @@ def write_hf_tokenizer(tokenizer, directory: str | Path, model_max_length: int) 
         "eos_token": eot,
         "clean_up_tokenization_spaces": False,
     }
+    if all(token in tokenizer.special_tokens for token in CHAT_SPECIAL_TOKENS):
+        config["chat_template"] = CHAT_TEMPLATE
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -20,6 +20,11 @@ keys sorted, ASCII only (other characters as \\u escapes), one space of indent, 
 
 `fingerprint()` is the sha256 of exactly these bytes, so it equals `sha256sum <dir>/tokenizer.json` and is
 stable across save/load; a manifest that records it ties token shards to their tokenizer.
+
+A tokenizer that has the chat role tokens also writes `<dir>/chat_format.json`, `{"format":
+"scratchlm-chat", "version": 1}`: the chat template its role tokens are rendered with
+(scratchlm.data.chat, docs/chat-format.md). It sits beside tokenizer.json, outside the fingerprint (the
+ids of text do not depend on it), and travels with the tokenizer into model folders and exports.
 """
 
 from __future__ import annotations
@@ -31,11 +36,14 @@ from typing import Any
 
 from scratchlm.errors import ScratchError
 from scratchlm.fileio import atomic_dir, read_tagged_json
+from scratchlm.tokenizer.base import CHAT_SPECIAL_TOKENS
 
 FORMAT = "scratchlm-tokenizer"
 VERSION = 1
 FILENAME = "tokenizer.json"
 KINDS = ("bpe", "char")
+# The chat format rendered by scratchlm.data.chat; a change to the rendering is a new version.
+CHAT_FORMAT, CHAT_FORMAT_VERSION, CHAT_FORMAT_FILE = "scratchlm-chat", 1, "chat_format.json"
 
 
 def canonical_bytes(payload: dict[str, Any]) -> bytes:
@@ -52,7 +60,22 @@ def write_payload(directory: str | Path, payload: dict[str, Any]) -> Path:
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
         (tmp / FILENAME).write_bytes(canonical_bytes(payload))
+        if all(token in payload["special_tokens"] for token in CHAT_SPECIAL_TOKENS):
+            record = {"format": CHAT_FORMAT, "version": CHAT_FORMAT_VERSION}
+            (tmp / CHAT_FORMAT_FILE).write_text(json.dumps(record, sort_keys=True) + "\n")
     return directory
+
+
+def read_chat_format(directory: str | Path) -> dict[str, Any] | None:
+    """The chat format a tokenizer folder records (`{"format", "version"}`), or None if it records none.
+
+    A folder recording another format or version is an error: this scratchlm would render it wrongly.
+    """
+    path = Path(directory) / CHAT_FORMAT_FILE
+    if not path.is_file():
+        return None
+    redo = "render it with the scratchlm that wrote it, or save the tokenizer again"
+    return read_tagged_json(path, CHAT_FORMAT, "chat format", redo, CHAT_FORMAT_VERSION)
 
 
 def read_payload(directory: str | Path) -> dict[str, Any]:

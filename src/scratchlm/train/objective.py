@@ -13,7 +13,9 @@ An objective holds its models by name (some trainable, some frozen) and supplies
 - **state** `state_dict()` / `load_state_dict()`: whatever it needs for an exact resume (loader
   positions), as tensors and plain data.
 
-and, so a run folder holds usable models, `write_model(name, folder, extra)` for each trainable model.
+and, so a run folder holds usable models, `write_model(name, folder, extra)` for each trainable model
+(optionally `read_model(name, folder)` to resume from it, when it writes more than the module's weights:
+a LoRA run writes the merged model and its adapter).
 `name` goes into every checkpoint, so a run is never resumed by another objective.
 
 `loss_ceiling` (or None) is a loss no working run reaches: above it the trainer calls the run diverged.

@@ -374,8 +374,15 @@ class Trainer:
                 f"{path} was trained by objective {state.get('objective')!r}, this run is "
                 f"{objective.name!r}; resume with the recipe that made the run, or choose another --out"
             )
+        read = getattr(
+            objective, "read_model", None
+        )  # an objective that writes more than weights reads it back
         for index, name in enumerate(objective.trainable):
-            ckpt.read_module_into(objective.models[name], path if index == 0 else path / ckpt.MODELS / name)
+            folder = path if index == 0 else path / ckpt.MODELS / name
+            if read is not None:
+                read(name, folder)
+            else:
+                ckpt.read_module_into(objective.models[name], folder)
             optimizers[name].load_state_dict(state["optimizers"][name])
         objective.load_state_dict(state["objective_state"])
         ckpt.set_rng_states(state["rng"])

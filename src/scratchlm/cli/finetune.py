@@ -1,0 +1,42 @@
+"""`scratchlm sft`: a thin wrapper over scratchlm.finetune.sft (any recipe field via --set)."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sft",
+        help="supervised fine-tuning of a pretrained model on conversations (full or LoRA)",
+        description="Fine-tune a pretrained run or model folder on a mixture of built-in tasks and chat "
+        "files; the loss counts only the assistant's tokens.",
+    )
+    p.add_argument("--config", help="YAML recipe or a shipped recipe name (e.g. sft-tasks-char)")
+    p.add_argument("--base", help="the pretrained run or model folder (overrides the recipe's base)")
+    p.add_argument(
+        "--out", required=True, help="run folder (config.yaml, metrics.jsonl, checkpoints/, final/)"
+    )
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set lora.rank=8 (repeatable)")  # fmt: skip
+    p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint")
+    p.add_argument("--max-time", help="wall-clock budget, e.g. 5m")
+    p.set_defaults(func=_sft)
+
+
+def _sft(args) -> int:
+    from scratchlm.finetune.config import load_sft_config  # here: `--help` never imports torch
+    from scratchlm.finetune.sft import sft
+
+    overrides = list(args.overrides)
+    if args.base:
+        overrides.append(f"base={args.base}")
+    if args.max_time:
+        overrides.append(f"budget.max_time={args.max_time}")
+    config = load_sft_config(args.config, overrides, run_dir=args.out if args.resume else None)
+    result = sft(config, args.out, resume=args.resume)
+    if result.stopped == "signal":
+        return 130
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in result.evaluation.items() if isinstance(v, float))
+    print(f"step {result.step}: {shown}")
+    if result.final_dir is not None:
+        print(f"model folder: {result.final_dir}")
+    return 0
