@@ -12,7 +12,7 @@ from scratchlm.data.chat import render_chat
 from scratchlm.errors import ScratchError
 from scratchlm.finetune.config import load_sft_config
 from scratchlm.finetune.packing import IGNORE, example, pack
-from scratchlm.finetune.sft import sft
+from scratchlm.finetune.sft_objective import sft
 from scratchlm.model import ModelConfig, Transformer
 from scratchlm.model.folder import load_model
 from scratchlm.tokenizer import CHAT_SPECIAL_TOKENS, ENDOFTEXT, train_char

@@ -23,8 +23,7 @@ def register(subparsers) -> None:
 
 
 def _sft(args) -> int:
-    from scratchlm.finetune.config import load_sft_config  # here: `--help` never imports torch
-    from scratchlm.finetune.sft import sft
+    from scratchlm.finetune import load_sft_config, sft  # here: `--help` never imports torch
 
     overrides = list(args.overrides)
     if args.base:
