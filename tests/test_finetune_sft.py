@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from test_train_support import tiny_corpus, tiny_overrides  # noqa: F401 (fixture)
 
 from scratchlm.data.chat import render_chat
+from scratchlm.data.packing import IGNORE, example, pack
 from scratchlm.errors import ScratchError
 from scratchlm.finetune.config import load_sft_config
-from scratchlm.finetune.packing import IGNORE, example, pack
 from scratchlm.finetune.sft_objective import sft
 from scratchlm.model import ModelConfig, Transformer
 from scratchlm.model.folder import load_model

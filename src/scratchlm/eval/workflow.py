@@ -8,7 +8,8 @@ What runs:
 - `text`: that file, scored whole; `corpus`: its validation split. With neither, the corpus the model's run
   trained on (its config.yaml; `run`'s first, when given) is scored, unless only `tasks` were asked for;
   it is also where built-in tasks draw their examples from (shakespeare when no run names one).
-- `tasks`: each task spec (see `scratchlm.eval.tasks.load_tasks`).
+- `tasks`: each task spec (see `scratchlm.eval.tasks.load_tasks`); `chat:SPEC` measures a chat model on a
+  built-in instruction task (`scratchlm.eval.chat_tasks`: held-out loss, exact match or speaker share).
 - `run`: the results are appended to that run's metrics.jsonl as one `benchmark` record.
 The model folder is resolved first, so a wrong `ckpt` is named before anything else is looked at.
 """
@@ -19,7 +20,9 @@ import functools
 from pathlib import Path
 
 from scratchlm.data import load_corpus
+from scratchlm.data.tasks import get_task
 from scratchlm.errors import ScratchError
+from scratchlm.eval.chat_tasks import chat_task_figures
 from scratchlm.eval.checkpoint import load_checkpoint
 from scratchlm.eval.config import EvalConfig
 from scratchlm.eval.lm import evaluate_text
@@ -66,10 +69,14 @@ def evaluate(config: EvalConfig, *, progress: bool = False) -> dict[str, dict]:
             raise ScratchError(f"corpus {corpus} has no validation split; give --text FILE instead")
         return val
 
+    chat_specs = [spec.removeprefix("chat:") for spec in config.tasks if spec.startswith("chat:")]
+    for spec in chat_specs:
+        get_task(spec)  # a wrong spec is named before the model loads
+    other = [spec for spec in config.tasks if not spec.startswith("chat:")]
     tasks = []
-    if config.tasks:
+    if other:
         tasks = load_tasks(
-            config.tasks,
+            other,
             validation_documents,
             n=config.n,
             limit=config.limit,
@@ -89,6 +96,11 @@ def evaluate(config: EvalConfig, *, progress: bool = False) -> dict[str, dict]:
             model, tokenizer, text, stride=config.stride, batch_size=config.batch_size, progress=progress
         )
     results.update(run_tasks(model, tokenizer, tasks, batch_size=config.batch_size, progress=progress))
+    for spec in chat_specs:
+        figures = chat_task_figures(
+            model, tokenizer, spec, n=config.n, max_new_tokens=config.max_new_tokens or 48
+        )
+        results[f"chat:{spec}"] = figures
 
     if config.run is not None:
         append_benchmark(config.run, results, ckpt=config.ckpt)

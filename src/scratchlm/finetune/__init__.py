@@ -1,12 +1,12 @@
 """Fine-tuning a trained model: supervised fine-tuning on conversations, LoRA adapters (Hu et al. 2021).
 
-    from scratchlm.finetune import load_sft_config, sft
-    result = sft(load_sft_config("sft-tasks-char", ["base=runs/base"]), "runs/sft")
+from scratchlm.finetune import load_sft_config, sft
+result = sft(load_sft_config("sft-tasks-char", ["base=runs/base"]), "runs/sft")
 
-    from scratchlm.finetune import LoRAConfig, apply_lora, export_peft, merge_lora
-    model = apply_lora(model, LoRAConfig(rank=8, alpha=16))   # only the adapters require gradients
-    export_peft(model, LoRAConfig(rank=8, alpha=16), "adapter", base_hf_dir="out-hf")
-    plain = merge_lora(model)                                 # an ordinary Transformer for save_model
+from scratchlm.finetune import LoRAConfig, apply_lora, export_peft, merge_lora
+model = apply_lora(model, LoRAConfig(rank=8, alpha=16))   # only the adapters require gradients
+export_peft(model, LoRAConfig(rank=8, alpha=16), "adapter", base_hf_dir="out-hf")
+plain = merge_lora(model)                                 # an ordinary Transformer for save_model
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 
 The data: every source of the mixture (built-in tasks, chat files) is rendered with the one chat template
 (`scratchlm.data.chat`) into ids and a loss mask, cut to the context, and packed into rows without
-cross-talk (`finetune.packing`). A step's rows are a pure function of the step (a seeded permutation per
+cross-talk (`data.packing`). A step's rows are a pure function of the step (a seeded permutation per
 epoch), so resume is exact with no loader state. With `data.ptx`, that share of each step's rows are
 windows of pretraining text, every token counted (InstructGPT's "ptx" mix against forgetting; here the
 two are weighted by their counted tokens, as the trainer divides by the step's valid count).
@@ -27,19 +27,17 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from scratchlm.data.packing import IGNORE, Rows, example, pack
 from scratchlm.errors import ScratchError
+from scratchlm.eval.chat_tasks import chat_task_figures
 from scratchlm.fileio import save_safetensors
 from scratchlm.finetune.config import SFTConfig
 from scratchlm.finetune.lora import LoRAConfig, apply_lora, lora_state_dict, merge_lora
-from scratchlm.finetune.packing import IGNORE, Rows, example, pack
 from scratchlm.finetune.sft_data import (
-    heldout_sets,
-    masked_loss,
     pretrain_loss,
     ptx_tokens,
     render_all,
     sft_mixture,
-    task_scores,
 )
 from scratchlm.model.device import pick_device
 from scratchlm.model.folder import load_model, write_model_files
@@ -89,9 +87,6 @@ class SFT:
             self.lora = None
         self.models = {"model": self.model}
         self.rows = self._rows(sft_mixture(cfg.data, "train", cfg.seed, self.tokenizer, say))
-        self.heldout = {
-            spec: self._rows(convs) for spec, convs in heldout_sets(cfg.data, self.tokenizer).items()
-        }
         self.ptx_train, self.ptx_val = ptx_tokens(cfg.data, self.base_dir, self.tokenizer)
         rows = cfg.data.batch_size
         self.n_ptx = round(rows * cfg.data.ptx)
@@ -162,11 +157,14 @@ class SFT:
         was_training = self.model.training
         self.model.eval()
         try:
-            losses = {spec: masked_loss(self.model, rows, self.per_rank, self.device)
-                      for spec, rows in self.heldout.items()}  # fmt: skip
-            figures = {"val_loss": sum(losses.values()) / max(1, len(losses))}
-            figures.update({f"loss:{spec}": value for spec, value in losses.items()})
-            figures.update(task_scores(self.model, self.tokenizer, self.cfg, self.end_id))
+            figures = {"val_loss": 0.0}
+            for spec in self.cfg.data.tasks:  # the measurements of `scratchlm eval --tasks chat:SPEC`
+                task = chat_task_figures(self.model, self.tokenizer, spec, self.cfg.eval.max_examples,
+                                         self.cfg.eval.max_new_tokens)  # fmt: skip
+                figures.update(
+                    {f"{name}:{spec}": value for name, value in task.items() if name != "examples"}
+                )
+                figures["val_loss"] += task["loss"] / len(self.cfg.data.tasks)
             if self.ptx_val is not None:
                 figures["pretrain_val_loss"] = pretrain_loss(self.model, self.ptx_val, self.per_rank)
         finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from scratchlm.lazy import lazy_exports
 
 _EXPORTS = {
+    "ChatSession": "scratchlm.generate.chat",
     "DecodeStep": "scratchlm.generate.engine",
     "decode_steps": "scratchlm.generate.engine",
     "generate": "scratchlm.generate.engine",
