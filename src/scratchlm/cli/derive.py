@@ -103,3 +103,30 @@ def _argparse_kwargs(name: str, hint: Any, default: Any, nargs: str | None = Non
         # Repeatable; argparse copies the default list before appending, so it is not shared between runs.
         return {"action": "append", "type": args[0], "default": default, "metavar": metavar}
     raise TypeError(f"field {name!r}: no command-line flag for type {hint!r}")
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+    """The flags of a command that trains from a YAML recipe: --config, --out, --set, --resume, --max-time.
+
+    Every recipe field is reachable through `--set a.b=c` (the stage's typed config parses it), so a
+    training command adds flags only for what is not a recipe field. `example` shows one `--set`."""
+    parser.add_argument(
+        "--config", help="YAML recipe or a shipped recipe name (default: built-in defaults; with --resume: "
+        "RUN/config.yaml)"
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", required=True, help="run folder (config.yaml, metrics.jsonl, checkpoints/, final/)"
+    )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a recipe field, e.g. --set {example} (repeatable)")  # fmt: skip
+    parser.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint")
+    parser.add_argument("--max-time", help="wall-clock budget, e.g. 150s or 3m (the schedule decays on time)")
+
+
+def recipe_overrides(args, **fields) -> list[str]:
+    """`--set` values, then `--max-time` and the given `field=value` flags (None: not given) after them."""
+    overrides = list(args.overrides)
+    if args.max_time:
+        overrides.append(f"budget.max_time={args.max_time}")
+    overrides += [f"{key}={value}" for key, value in fields.items() if value is not None]
+    return overrides

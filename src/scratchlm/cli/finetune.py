@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from scratchlm.cli.derive import add_recipe_arguments, recipe_overrides
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -10,26 +12,15 @@ def register(subparsers) -> None:
         description="Fine-tune a pretrained run or model folder on a mixture of built-in tasks and chat "
         "files; the loss counts only the assistant's tokens.",
     )
-    p.add_argument("--config", help="YAML recipe or a shipped recipe name (e.g. sft-tasks-char)")
     p.add_argument("--base", help="the pretrained run or model folder (overrides the recipe's base)")
-    p.add_argument(
-        "--out", required=True, help="run folder (config.yaml, metrics.jsonl, checkpoints/, final/)"
-    )
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe field, e.g. --set lora.rank=8 (repeatable)")  # fmt: skip
-    p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint")
-    p.add_argument("--max-time", help="wall-clock budget, e.g. 5m")
+    add_recipe_arguments(p, "lora.rank=8")
     p.set_defaults(func=_sft)
 
 
 def _sft(args) -> int:
     from scratchlm.finetune import load_sft_config, sft  # here: `--help` never imports torch
 
-    overrides = list(args.overrides)
-    if args.base:
-        overrides.append(f"base={args.base}")
-    if args.max_time:
-        overrides.append(f"budget.max_time={args.max_time}")
+    overrides = recipe_overrides(args, base=args.base)
     config = load_sft_config(args.config, overrides, run_dir=args.out if args.resume else None)
     result = sft(config, args.out, resume=args.resume)
     if result.stopped == "signal":

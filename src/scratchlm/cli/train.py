@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from scratchlm.cli.derive import add_recipe_arguments, recipe_overrides
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -9,16 +11,7 @@ def register(subparsers) -> None:
         help="train a model from a YAML recipe into a run folder",
         description="Train a model from a recipe (configs/*.yaml). Works the same under torchrun.",
     )
-    p.add_argument(
-        "--config", help="YAML recipe (default: built-in defaults; with --resume: RUN/config.yaml)"
-    )
-    p.add_argument(
-        "--out", required=True, help="run folder (config.yaml, metrics.jsonl, checkpoints/, final/)"
-    )
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe field, e.g. --set optim.lr=3e-3 (repeatable)")  # fmt: skip
-    p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint")
-    p.add_argument("--max-time", help="wall-clock budget, e.g. 150s or 3m (the schedule decays on time)")
+    add_recipe_arguments(p, "optim.lr=3e-3")
     p.set_defaults(func=_pretrain)
 
     d = subparsers.add_parser(
@@ -36,9 +29,7 @@ def register(subparsers) -> None:
 def _pretrain(args) -> int:
     from scratchlm.train import load_pretrain_config, pretrain  # here: `--help` never imports torch
 
-    overrides = list(args.overrides)
-    if args.max_time:
-        overrides.append(f"budget.max_time={args.max_time}")
+    overrides = recipe_overrides(args)
     config = load_pretrain_config(args.config, overrides, run_dir=args.out if args.resume else None)
     result = pretrain(config, args.out, resume=args.resume)
     if result.stopped == "signal":

@@ -77,7 +77,6 @@ class SFT:
                 f"{self.base_dir}: its tokenizer has no {missing[0]} token, so it cannot spell a "
                 "conversation; pretrain the base with data.chat_tokens=true (char) or a BPE tokenizer"
             )
-        self.end_id = self.tokenizer.special_tokens["<|end|>"]
         self.context = self.model.config.context_length
         self.loss_ceiling = 3.0 * math.log(self.model.config.vocab_size)
         if cfg.lora.rank:
@@ -88,6 +87,11 @@ class SFT:
         self.models = {"model": self.model}
         self.rows = self._rows(sft_mixture(cfg.data, "train", cfg.seed, self.tokenizer, say))
         self.ptx_train, self.ptx_val = ptx_tokens(cfg.data, self.base_dir, self.tokenizer)
+        if cfg.data.ptx and self.ptx_train is None:
+            raise ScratchError(
+                f"data.ptx {cfg.data.ptx} needs pretraining text, but {self.base_dir} belongs to no run that "
+                "records its corpus; set data.ptx_corpus (e.g. shakespeare) or data.ptx=0"
+            )
         rows = cfg.data.batch_size
         self.n_ptx = round(rows * cfg.data.ptx)
         per_rank = rows // (world.size * cfg.data.grad_accum)
