@@ -233,7 +233,7 @@ def test_bad_records_name_file_and_line(tmp_path, name):
     with pytest.raises(ScratchError, match=match) as err:
         read_conversations(path)
     message = str(err.value)
-    assert message.startswith(f"{path}:2: ") and "\n" not in message and "skip_invalid=True" in message
+    assert message.startswith(f"{path}:2: ") and "\n" not in message and "--skip-invalid" in message
 
 
 def test_skip_invalid_counts_and_notes_every_bad_record(tmp_path):

@@ -137,3 +137,18 @@ def test_a_base_without_chat_tokens_is_one_line(tmp_path_factory, tmp_path):
              say=lambda *_: None)  # fmt: skip
     with pytest.raises(ScratchError, match=r"no <\|system\|> token.*data.chat_tokens=true"):
         sft(load_sft_config(None, _sft_settings(run, 2)), tmp_path / "sft", say=lambda *_: None)
+
+
+def test_bad_records_stop_sft_with_file_and_line_unless_skipped(base, tmp_path, capsys):
+    from scratchlm.cli import main
+
+    data = tmp_path / "chat.jsonl"
+    good = '{"messages": [{"role": "user", "content": "1+1="}, {"role": "assistant", "content": "2"}]}'
+    data.write_text(good + "\n" + '{"messages": [{"role": "assistant", "content": "2"}]}\n' + good + "\n")
+    args = ["sft", "--out", str(tmp_path / "run"), *[a for o in _sft_settings(base, 2) for a in ("--set", o)],
+            "--set", "data.tasks=[]", "--set", f"data.files=['{data}']", "--set", "data.ptx=0"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{data}:2:" in err and "--skip-invalid" in err
+    assert main([*args, "--skip-invalid"]) == 0
+    assert "1 invalid records skipped" in capsys.readouterr().out

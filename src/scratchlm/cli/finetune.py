@@ -13,6 +13,8 @@ def register(subparsers) -> None:
         "files; the loss counts only the assistant's tokens.",
     )
     p.add_argument("--base", help="the pretrained run or model folder (overrides the recipe's base)")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="skip bad records of data.files and count them (default: stop)")  # fmt: skip
     add_recipe_arguments(p, "lora.rank=8")
     p.set_defaults(func=_sft)
 
@@ -20,7 +22,8 @@ def register(subparsers) -> None:
 def _sft(args) -> int:
     from scratchlm.finetune import load_sft_config, sft  # here: `--help` never imports torch
 
-    overrides = recipe_overrides(args, base=args.base)
+    skip = "true" if args.skip_invalid else None
+    overrides = recipe_overrides(args, base=args.base, **{"data.skip_invalid": skip})
     config = load_sft_config(args.config, overrides, run_dir=args.out if args.resume else None)
     result = sft(config, args.out, resume=args.resume)
     if result.stopped == "signal":

@@ -57,7 +57,8 @@ def read_conversations(path: str | Path, *, format: str = "auto", skip_invalid: 
         except _BadRecord as e:
             if not skip_invalid:
                 raise ScratchError(
-                    f"{where}: {e}; fix the record, or skip bad records (skip_invalid=True)"
+                    f"{where}: {e}; fix the record, or skip bad records "
+                    "(scratchlm sft --skip-invalid; skip_invalid=True)"
                 ) from None
             data.skipped += 1
             data.notes.append(f"{where}: {e}")
