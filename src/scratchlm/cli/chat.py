@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from scratchlm.cli import unescape
-from scratchlm.cli.derive import add_dataclass_arguments, dataclass_from_args
+from scratchlm.cli.derive import add_dataclass_arguments, add_device_arguments, dataclass_from_args
 from scratchlm.errors import ScratchError
 from scratchlm.fileio import describe_io_error
 
@@ -42,30 +42,19 @@ def register(subparsers) -> None:
     from scratchlm.generate.config import SamplingConfig
 
     add_dataclass_arguments(c, SamplingConfig, skip=("stop_at_eot",), value_types={"stop": unescape})
-    c.add_argument("--device", default="auto", help="auto (default) | cpu | cuda | cuda:N | mps")
-    c.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "float32", "bfloat16"),
-        help="auto: bf16 on CUDA, else fp32",
-    )
+    add_device_arguments(c)
     c.set_defaults(func=run_chat)
 
 
 def run_chat(args) -> int:
     import torch  # here, not at the top: `--help` never imports torch
 
+    from scratchlm.eval.checkpoint import load_checkpoint
     from scratchlm.generate.chat import ChatSession
     from scratchlm.generate.config import SamplingConfig
-    from scratchlm.model.device import pick_device
-    from scratchlm.model.folder import load_model
-    from scratchlm.train.run_dir import resolve_model_dir
 
     config = dataclass_from_args(SamplingConfig, args)
-    device = pick_device(args.device)
-    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
-    model_dir = resolve_model_dir(args.ckpt)
-    model, tokenizer, _ = load_model(model_dir, device=device, dtype=dtype)
+    model, tokenizer, _ = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     session = ChatSession(model, tokenizer, config, system=args.system)
@@ -76,7 +65,7 @@ def run_chat(args) -> int:
         _answer(session, text, interactive=False)
         return 0
     print(
-        f"chat with {model_dir} ({model.num_params():,} parameters, context {model.config.context_length} "
+        f"chat with {args.ckpt} ({model.num_params():,} parameters, context {model.config.context_length} "
         "tokens); /help lists the commands, Ctrl-D or /quit leaves"
     )
     return _converse(session)

@@ -130,3 +130,10 @@ def recipe_overrides(args, **fields) -> list[str]:
         overrides.append(f"budget.max_time={args.max_time}")
     overrides += [f"{key}={value}" for key, value in fields.items() if value is not None]
     return overrides
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device and --dtype of the commands that load a model to run it (generate, chat)."""
+    parser.add_argument("--device", default="auto", help="auto (default) | cpu | cuda | cuda:N | mps")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                        help="auto: bf16 on CUDA, else fp32")  # fmt: skip

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from scratchlm.cli import unescape
-from scratchlm.cli.derive import add_dataclass_arguments, dataclass_from_args
+from scratchlm.cli.derive import add_dataclass_arguments, add_device_arguments, dataclass_from_args
 from scratchlm.errors import ScratchError
 
 
@@ -39,13 +39,7 @@ def register(subparsers) -> None:
         "--ignore-eot", dest="stop_at_eot", action="store_false", help="do not stop at <|endoftext|>"
     )
     g.add_argument("--no-stream", action="store_true", help="print each text when complete")
-    g.add_argument("--device", default="auto", help="auto (default) | cpu | cuda | cuda:N | mps")
-    g.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "float32", "bfloat16"),
-        help="auto: bf16 on CUDA, else fp32",
-    )
+    add_device_arguments(g)
     g.set_defaults(func=run_generate)
 
     export = subparsers.add_parser("export", help="write a model in another ecosystem's format")
@@ -77,15 +71,11 @@ def _prompts(args) -> list[str]:
 def run_generate(args) -> int:
     import torch
 
+    from scratchlm.eval.checkpoint import load_checkpoint
     from scratchlm.generate import SamplingConfig, generate, generate_stream
-    from scratchlm.model.device import pick_device
-    from scratchlm.model.folder import load_model
-    from scratchlm.train.run_dir import resolve_model_dir
 
     config = dataclass_from_args(SamplingConfig, args)
-    device = pick_device(args.device)
-    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
-    model, tokenizer, _ = load_model(resolve_model_dir(args.ckpt), device=device, dtype=dtype)
+    model, tokenizer, _ = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     prompts = _prompts(args)
