@@ -165,11 +165,11 @@ def read_module_into(module: torch.nn.Module, folder: Path) -> None:
     except (SafetensorError, OSError) as e:
         raise ScratchError(f"{folder / WEIGHTS} cannot be read as safetensors ({e})") from None
     missing, unexpected = module.load_state_dict(state, strict=False)
-    owners: dict[int, set[str]] = {}
-    for name, tensor in module.state_dict(keep_vars=True).items():
+    tensors = module.state_dict(keep_vars=True)
+    owners: dict[int, set[str]] = {}  # the names of each tensor: a tied lm_head shares the embedding's
+    for name, tensor in tensors.items():
         owners.setdefault(id(tensor), set()).add(name)
-    loaded = set(state)
-    untied = [n for n in missing if not (owners[id(module.state_dict(keep_vars=True)[n])] & loaded)]
+    untied = [n for n in missing if not (owners[id(tensors[n])] & set(state))]
     if untied or unexpected:
         problem = f"missing {untied[0]}" if untied else f"unexpected {unexpected[0]}"
         raise ScratchError(f"{folder / WEIGHTS} does not fit the model being resumed ({problem})")
