@@ -140,7 +140,28 @@ class Transformer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         document_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids (B, T) -> logits (B, T, vocab_size).
+        """input_ids (B, T) -> logits (B, T, vocab_size): the head over `hidden_states` (same arguments)."""
+        hidden = self.hidden_states(
+            input_ids,
+            cache=cache,
+            positions=positions,
+            attention_mask=attention_mask,
+            document_ids=document_ids,
+        )
+        return self.lm_head(hidden)  # (B, T, V)
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids (B, T) -> the final-normed hidden states (B, T, d_model) the LM head reads.
+
+        A reward or value model puts its own scalar head here instead (scratchlm.align.reward).
 
         With `cache`, the tokens come after what the cache holds and their keys/values are appended.
         `positions` (B, T): each token's position (default: consecutive, continuing each row's last
@@ -196,7 +217,7 @@ class Transformer(nn.Module):
             new_mask = key_mask[:, past:] if key_mask is not None else True
             ids = input_ids if cfg.ngram_orders else None  # only n-gram embeddings read them back
             cache.advance(T, positions, new_mask, ids)
-        return self.lm_head(self.final_norm(x))  # (B, T, V)
+        return self.final_norm(x)  # (B, T, d)
 
     def _earlier_tokens(self, cache: KVCache | None) -> torch.Tensor | None:
         """The last tokens a KV cache holds, as many as the n-gram embedding looks back (or None)."""
