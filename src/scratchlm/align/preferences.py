@@ -115,7 +115,7 @@ def parse_record(record: object, where: str) -> tuple[list[Message], list[str], 
             raise ScratchError(f"{where}: responses must be a list of strings, best first")
         if len(responses) < 2:
             raise ScratchError(
-                f"{where}: a ranking needs at least two responses, got {len(responses)}; rank two or more answers"
+                f"{where}: a ranking needs at least two responses, got {len(responses)}; rank two or more"
             )
         return _as_prompt(record.get("prompt"), where), list(responses), 0.0
     if "chosen" not in record or "rejected" not in record:
