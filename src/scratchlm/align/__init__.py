@@ -20,6 +20,8 @@ _EXPORTS = {
     "tau_for_ceiling": "scratchlm.align.annotators",
     "agreement_ceiling": "scratchlm.align.annotators",
     "read_prompts": "scratchlm.align.prompts",
+    "sample_answers": "scratchlm.align.simulate",
+    "simulate_preferences": "scratchlm.align.simulate",
     "Rollout": "scratchlm.align.rollout",
     "rollout": "scratchlm.align.rollout",
     "token_logprobs": "scratchlm.align.rollout",

@@ -25,9 +25,12 @@ def read_prompts(
 ) -> list[list[Message]]:
     """The prompts of `source` (see the module docstring); `n` of them (None: every one of a file)."""
     source = str(source)
+    if n is not None and n < 1:
+        raise ScratchError(f"asked for {n} prompts of {source}; ask for at least 1")
     if source.startswith(TASK_PREFIX):
         task = get_task(source.removeprefix(TASK_PREFIX))
-        return [conversation[:-1] for conversation in task.examples(split, n or 256, seed=seed)]
+        examples = task.examples(split, n if n is not None else 256, seed=seed)
+        return [conversation[:-1] for conversation in examples]
     path = Path(source)
     if not path.is_file():
         raise ScratchError(
@@ -52,4 +55,4 @@ def read_prompts(
         prompts.append([{"role": m["role"], "content": m["content"]} for m in messages])
     if not prompts:
         raise ScratchError(f"{path}: no prompts in the file")
-    return prompts[:n] if n else prompts
+    return prompts[:n] if n is not None else prompts

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from scratchlm.data.chat import END, render_chat
+from scratchlm.data.chat import END, chat_token_ids, render_chat
 from scratchlm.errors import ScratchError
 from scratchlm.generate.config import SamplingConfig
 from scratchlm.generate.engine import decode_steps
@@ -94,7 +94,9 @@ def rollout(
     group: int = 1,
 ) -> Rollout:
     """Sample `group` answers to each prompt from `policy` (see the module docstring)."""
-    end_id = tokenizer.special_tokens[END]
+    end_id = chat_token_ids(tokenizer)[END]  # a tokenizer without chat tokens: one line, not a KeyError
+    if sampling.max_new_tokens < 1:
+        raise ScratchError(f"max_new_tokens must be at least 1 for a rollout, got {sampling.max_new_tokens}")
     rows = [list(p) for p in prompts for _ in range(group)]
     ids = prompt_ids(tokenizer, rows, policy.config.context_length, sampling.max_new_tokens)
     sampling = dataclasses.replace(sampling, stop=[], stop_at_eot=True, truncate="error")
@@ -115,7 +117,6 @@ def rollout(
     finished = is_end.any(-1)
     first_end = torch.where(finished, is_end.float().argmax(-1), torch.full((N,), R))  # (N,)
     response_mask = torch.arange(R)[None, :] <= first_end[:, None]
-    response_mask &= torch.arange(R)[None, :] < R
     sequences = torch.zeros(N, P + R, dtype=torch.long)
     attention_mask = torch.zeros(N, P + R, dtype=torch.bool)
     for row, p in enumerate(ids):
