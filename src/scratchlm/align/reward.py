@@ -7,7 +7,7 @@
 The same module is PPO's value model (started from the reward model, as TRL and DeepSpeed-Chat do): the
 value of a state is the head's scalar at that position. The head is `score`, a bias-free
 `Linear(d_model, 1)`, Hugging Face's `LlamaForSequenceClassification.score` with one label, so the export
-is a rename. The body keeps its (unused) LM head, so it stays an ordinary `Transformer`.
+is a rename. The body keeps its (unused, frozen) LM head, so it stays an ordinary `Transformer`.
 
 On disk a reward model is a model folder (`scratchlm.model.folder`) with its head beside the weights in
 `reward_head.safetensors`; the folder's manifest hashes it like every other file and records
@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from scratchlm.data.chat import SYSTEM, chat_token_ids
 from scratchlm.errors import ScratchError
 from scratchlm.fileio import atomic_dir, save_safetensors
 from scratchlm.model.folder import load_model, write_model_files
@@ -41,6 +42,15 @@ class RewardModel(nn.Module):
         # A small head: rewards start near 0 and the body's features decide them. 1/sqrt(d) keeps the first
         # rewards' spread O(1) whatever the width, so Bradley-Terry's sigmoid starts out of saturation.
         nn.init.normal_(self.score.weight, std=1.0 / math.sqrt(body.config.d_model))
+        if not body.config.tie_embeddings:  # tied, it is the embedding, which the reward does use
+            # Never in the forward pass: frozen, so the optimizer skips it and DDP does not wait for its
+            # gradient (it fails at the second step on a parameter that never gets one).
+            body.lm_head.weight.requires_grad_(False)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The body's blocks, where the trainer applies activation checkpointing."""
+        return self.body.layers
 
     def forward(
         self,
@@ -64,6 +74,12 @@ def last_token(per_token: torch.Tensor, attention_mask: torch.Tensor) -> torch.T
     last = torch.where(attention_mask.bool(), index, -1).amax(-1)  # (B,)
     assert bool((last >= 0).all()), "a row with no real token has no reward"
     return per_token.gather(-1, last[:, None]).squeeze(-1)
+
+
+def pad_id(tokenizer) -> int:
+    """The id to right-pad scored rows with: any id but `<|end|>`, which ends every scored sequence (HF's
+    classifier reads the last non-pad token); <|endoftext|> when the tokenizer has one."""
+    return tokenizer.eot_id if tokenizer.eot_id is not None else chat_token_ids(tokenizer)[SYSTEM]
 
 
 def save_reward_model(folder: str | Path, model: RewardModel, tokenizer, extra: dict | None = None) -> Path:
