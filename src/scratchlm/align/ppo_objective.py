@@ -48,6 +48,7 @@ from scratchlm.align.ppo import (
 from scratchlm.align.ppo_config import PPOConfig
 from scratchlm.align.prompts import TASK_PREFIX, read_prompts
 from scratchlm.align.reward import last_token, load_reward_model, read_head_into, write_reward_files
+from scratchlm.align.reward_objective import check_same_tokenizer
 from scratchlm.align.rollout import Rollout, prompt_ids, rollout, token_logprobs
 from scratchlm.errors import ScratchError
 from scratchlm.finetune.sft_data import ptx_tokens
@@ -119,11 +120,7 @@ class PPO:
         self.reference = _frozen(load_model(self.policy_dir, device=device)[0])
         self.reward, reward_tokenizer = load_reward_model(self.reward_dir, device=device)
         _frozen(self.reward)
-        if reward_tokenizer.fingerprint() != self.tokenizer.fingerprint():
-            raise ScratchError(
-                f"the reward model {self.reward_dir} was trained with another tokenizer than the policy "
-                f"{self.policy_dir}; train the reward model from the same SFT model (--base)"
-            )
+        check_same_tokenizer(reward_tokenizer, self.tokenizer, str(self.reward_dir))
         self.value = load_reward_model(self.reward_dir, device=device)[0].train()
         self.models = {"policy": self.policy, "value": self.value, "reference": self.reference,
                        "reward": self.reward}  # fmt: skip

@@ -8,8 +8,9 @@
     token_logprobs(policy, batch, temperature)   # the same, from a fresh forward pass (training)
 
 The answers come from the one decoding loop (`scratchlm.generate.engine.decode_steps`), so RL samples
-exactly what `scratchlm chat` would. A row ends at the chat template's `<|end|>`; a row that reaches
-`max_new_tokens` first is `finished = False` (an answer that never ends, which PPO may penalise).
+exactly what `scratchlm chat` would. A row ends at the chat template's `<|end|>` (`finished`), or at any
+other special token, as a chat reply does; a row that reaches `max_new_tokens` first, or opens another
+turn, is `finished = False` (an answer that never closes its turn, which PPO may penalise).
 With `group = G`, each prompt is repeated G times in consecutive rows (GRPO's group).
 
 The fresh forward pass reproduces the sampling distribution only for temperature (with top-k and top-p
@@ -42,7 +43,7 @@ class Rollout:
     response_mask: torch.Tensor  # (N, R) bool
     logprobs: torch.Tensor  # (N, R) float32, sampling distribution
     finished: torch.Tensor  # (N,) bool: closed with <|end|>
-    texts: list[str]  # the answers, without <|end|>
+    texts: list[str]  # the answers, without the special token that ended them
     prompt_length: int  # P
 
     @property
@@ -112,11 +113,15 @@ def rollout(
     N, P, R = len(rows), max(len(p) for p in ids), len(steps)
     response = torch.tensor([s.token_ids for s in steps], dtype=torch.long).T.reshape(N, R)  # (N, R)
     logprobs = torch.stack([s.logprobs for s in steps], dim=1).float().cpu()  # (N, R)
-    # A row's real tokens run to its <|end|> (included); decode_steps goes on decoding a finished row.
-    is_end = response == end_id
-    finished = is_end.any(-1)
-    first_end = torch.where(finished, is_end.float().argmax(-1), torch.full((N,), R))  # (N,)
-    response_mask = torch.arange(R)[None, :] <= first_end[:, None]
+    # A row's real tokens run to its first special token (included): <|end|> closes the turn
+    # (`finished`); any other (<|user|>, <|endoftext|>) ends the answer too, as it ends a chat reply, so
+    # answer text never spells a special token. decode_steps goes on decoding an ended row.
+    specials = torch.tensor(sorted(set(tokenizer.special_tokens.values())))
+    is_stop = torch.isin(response, specials)
+    ended = is_stop.any(-1)
+    first_stop = torch.where(ended, is_stop.float().argmax(-1), torch.full((N,), R))  # (N,)
+    finished = ended & (response.gather(1, first_stop.clamp(max=R - 1)[:, None]).squeeze(1) == end_id)
+    response_mask = torch.arange(R)[None, :] <= first_stop[:, None]
     sequences = torch.zeros(N, P + R, dtype=torch.long)
     attention_mask = torch.zeros(N, P + R, dtype=torch.bool)
     for row, p in enumerate(ids):
@@ -127,7 +132,7 @@ def rollout(
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     texts = []
     for row in range(N):
-        n = int(response_mask[row].sum()) - int(finished[row])
+        n = int(response_mask[row].sum()) - int(ended[row])
         texts.append(tokenizer.decode(response[row, :n].tolist()))
     return Rollout(
         prompts=rows,
