@@ -37,7 +37,9 @@ class StepBatches:
     micro: list[Any]  # the micro-batches, in order; the trainer syncs gradients after the last
     tokens: int  # tokens the whole step consumes over all ranks (budget.max_tokens, tokens/s)
     flops: float = 0.0  # model FLOPs of the whole step over all ranks (MFU); 0: not reported
-    info: dict = field(default_factory=dict)  # extra fields for this step's train record
+    # Extra fields for this step's train record. The trainer writes it after the step, so `loss` may add
+    # figures it computes on the way (PPO's clip fraction, DPO's rewards/margins) to the same dict.
+    info: dict = field(default_factory=dict)
 
 
 class Objective(Protocol):

@@ -221,12 +221,12 @@ def resolve_model_dir(path: str | Path) -> Path:
     """The model folder `--ckpt PATH` means: PATH itself, or the model of the run at PATH."""
     path = Path(path)
     if not path.exists():
-        raise ScratchError(f"--ckpt {path}: no such folder; give a model folder or a training run folder")
+        raise ScratchError(f"{path}: no such folder; give a model folder or a training run folder")
     if (path / _MODEL_CONFIG).is_file():
         return path
     found = RunDir(path).model_dir()
     if found is None:
         raise ScratchError(
-            f"--ckpt {path}: not a model folder (no {_MODEL_CONFIG}) nor a run with final/ or checkpoints/"
+            f"{path}: not a model folder (no {_MODEL_CONFIG}) nor a run with final/ or checkpoints/"
         )
     return found
