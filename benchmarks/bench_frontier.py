@@ -72,7 +72,8 @@ def main() -> None:
             else:
                 out = work / f"frontier-{name}"
                 prefs = work / "prefs.jsonl"
-                settings = {"policy": args.sft, "prefs": prefs, "loss": method, "beta": strength,
+                loss = {"dpo": "sigmoid"}.get(method, method)
+                settings = {"policy": args.sft, "prefs": prefs, "loss": loss, "beta": strength,
                             "logging.progress": "false"}  # fmt: skip
                 if args.dpo_steps:
                     settings["budget.max_steps"] = args.dpo_steps

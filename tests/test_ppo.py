@@ -25,6 +25,7 @@ from scratchlm.align.ppo_objective import PPO, ppo
 from scratchlm.align.reward import RewardModel, save_reward_model
 from scratchlm.cli import main
 from scratchlm.model.folder import load_model
+from scratchlm.tokenizer import CHAT_SPECIAL_TOKENS, ENDOFTEXT, train_char
 from scratchlm.train import load_pretrain_config, pretrain
 from scratchlm.train.run_dir import RunDir
 
@@ -243,4 +244,11 @@ def test_bad_input_is_one_line(tiny_rlhf, tmp_path, capsys):
     assert err.count("\n") == 0 and "context" in err and "long.jsonl" in err and "prompt 3" in err
     assert main([*args, "--prompts", str(prompts), "--reward", str(policy)]) == 2
     assert "not a reward model" in capsys.readouterr().err
+    body, tokenizer, _ = load_model(policy / "final")  # the same weights, saved with another vocabulary
+    other = train_char(["0123456789+-= xyz"], special_tokens=(ENDOFTEXT, *CHAT_SPECIAL_TOKENS))
+    assert other.vocab_size <= body.config.vocab_size and other.fingerprint() != tokenizer.fingerprint()
+    save_reward_model(tmp_path / "other-rm", RewardModel(body), other)
+    assert main([*args, "--prompts", str(prompts), "--reward", str(tmp_path / "other-rm")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tokenizer differs from the policy's" in err
     assert not (tmp_path / "x" / "checkpoints").exists()
