@@ -1,7 +1,7 @@
 """Alignment: preferences (people's or a simulated annotator's), the reward model, PPO, DPO, GRPO, RLOO.
 
     from scratchlm.align import load_reward_config, train_reward, load_ppo_config, ppo
-    train_reward(load_reward_config("reward-sentiment-char", ["base=runs/sft", "prefs=prefs.jsonl"]), "runs/rm")
+    train_reward(load_reward_config("reward-sentiment-char", ["base=runs/sft", "prefs=p.jsonl"]), "runs/rm")
     ppo(load_ppo_config("ppo-sentiment-char", ["policy=runs/sft", "reward=runs/rm"]), "runs/ppo")
     # likewise dpo(load_dpo_config(...)), grpo(load_grpo_config(...)); read_preferences, get_judge, rollout
 

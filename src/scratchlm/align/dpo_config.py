@@ -10,11 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scratchlm.config import load_config
 from scratchlm.errors import ScratchError
-from scratchlm.train.config import BudgetConfig, EvalConfig, TrainingSections, check_budget
+from scratchlm.train.config import BudgetConfig, EvalConfig, TrainingSections, load_stage_config
 from scratchlm.train.optim import OptimConfig
-from scratchlm.train.run_dir import RunDir
 
 LOSSES = ("sigmoid", "ipo", "hinge")
 
@@ -74,12 +72,6 @@ def load_dpo_config(
     path: str | Path | None = None, overrides: list[str] = (), run_dir: str | Path | None = None
 ) -> DPOConfig:
     """Defaults <- YAML recipe <- `--set` overrides (resuming without a recipe: the run's config.yaml)."""
-    if path is None and run_dir is not None and RunDir(run_dir).config_path.is_file():
-        path = RunDir(run_dir).config_path
-    cfg = load_config(DPOConfig, path, overrides)
-    check_budget(cfg)
-    if not cfg.policy:
-        raise ScratchError("dpo: no policy; pass --policy SFT_RUN (or set policy: in the recipe)")
-    if not cfg.prefs:
-        raise ScratchError("dpo: no preferences; pass --prefs FILE (or set prefs: in the recipe)")
-    return cfg
+    return load_stage_config(
+        DPOConfig, "dpo", path, overrides, run_dir, {"policy": "--policy SFT_RUN", "prefs": "--prefs FILE"}
+    )

@@ -12,12 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scratchlm.align.grpo import LOSS_TYPES, SCALES
-from scratchlm.config import load_config
 from scratchlm.data.tasks import get_task
 from scratchlm.errors import ScratchError
-from scratchlm.train.config import BudgetConfig, EvalConfig, TrainingSections, check_budget
+from scratchlm.train.config import BudgetConfig, EvalConfig, TrainingSections, load_stage_config
 from scratchlm.train.optim import OptimConfig
-from scratchlm.train.run_dir import RunDir
 
 ALGORITHMS = ("grpo", "rloo")
 
@@ -121,10 +119,6 @@ def load_grpo_config(
     path: str | Path | None = None, overrides: list[str] = (), run_dir: str | Path | None = None
 ) -> GRPOConfig:
     """Defaults <- YAML recipe <- `--set` overrides (resuming without a recipe: the run's config.yaml)."""
-    if path is None and run_dir is not None and RunDir(run_dir).config_path.is_file():
-        path = RunDir(run_dir).config_path
-    cfg = load_config(GRPOConfig, path, overrides)
-    check_budget(cfg)
-    if not cfg.policy:
-        raise ScratchError("grpo: no policy; pass --policy SFT_RUN_OR_MODEL (or set policy: in the recipe)")
-    return cfg
+    return load_stage_config(
+        GRPOConfig, "grpo", path, overrides, run_dir, {"policy": "--policy SFT_RUN_OR_MODEL"}
+    )

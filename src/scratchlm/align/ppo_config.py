@@ -13,10 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scratchlm.config import load_config
 from scratchlm.errors import ScratchError
-from scratchlm.train.config import BudgetConfig, EvalConfig, OptimConfig, TrainingSections, check_budget
-from scratchlm.train.run_dir import RunDir
+from scratchlm.train.config import BudgetConfig, EvalConfig, OptimConfig, TrainingSections, load_stage_config
 
 
 @dataclass
@@ -83,15 +81,11 @@ def load_ppo_config(
     path: str | Path | None = None, overrides: list[str] = (), run_dir: str | Path | None = None
 ) -> PPOConfig:
     """Defaults <- YAML recipe <- `--set` overrides (resuming without a recipe: the run's config.yaml)."""
-    if path is None and run_dir is not None and RunDir(run_dir).config_path.is_file():
-        path = RunDir(run_dir).config_path
-    cfg = load_config(PPOConfig, path, overrides)
-    check_budget(cfg)
-    for name, flag in (
-        ("policy", "--policy SFT_RUN"),
-        ("reward", "--reward RM_RUN"),
-        ("prompts", "--prompts FILE"),
-    ):
-        if not getattr(cfg, name):
-            raise ScratchError(f"ppo: no {name}; pass {flag} (or set {name}: in the recipe)")
-    return cfg
+    return load_stage_config(
+        PPOConfig,
+        "ppo",
+        path,
+        overrides,
+        run_dir,
+        {"policy": "--policy SFT_RUN", "reward": "--reward RM_RUN", "prompts": "--prompts FILE"},
+    )

@@ -10,11 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scratchlm.config import load_config
 from scratchlm.errors import ScratchError
-from scratchlm.train.config import BudgetConfig, EvalConfig, TrainingSections, check_budget
+from scratchlm.train.config import BudgetConfig, EvalConfig, TrainingSections, load_stage_config
 from scratchlm.train.optim import OptimConfig
-from scratchlm.train.run_dir import RunDir
 
 BATCH_UNITS = ("groups", "pairs")
 
@@ -88,11 +86,6 @@ def load_reward_config(
     path: str | Path | None = None, overrides: list[str] = (), run_dir: str | Path | None = None
 ) -> RewardConfig:
     """Defaults <- YAML recipe <- `--set` overrides (resuming without a recipe: the run's config.yaml)."""
-    if path is None and run_dir is not None and RunDir(run_dir).config_path.is_file():
-        path = RunDir(run_dir).config_path
-    cfg = load_config(RewardConfig, path, overrides)
-    check_budget(cfg)
-    for name, flag in (("base", "--base SFT_RUN"), ("prefs", "--prefs FILE")):
-        if not getattr(cfg, name):
-            raise ScratchError(f"reward: no {name}; pass {flag} (or set {name}: in the recipe)")
-    return cfg
+    return load_stage_config(
+        RewardConfig, "reward", path, overrides, run_dir, {"base": "--base SFT_RUN", "prefs": "--prefs FILE"}
+    )

@@ -17,7 +17,20 @@ from scratchlm.errors import ScratchError
 from scratchlm.fileio import describe_io_error
 
 # Stage modules, in pipeline order. A module that does not exist yet is simply absent.
-STAGES = ["data", "tokenizer", "model", "train", "finetune", "label", "reward", "ppo", "dpo", "grpo", "eval", "chat"]
+STAGES = [
+    "data",
+    "tokenizer",
+    "model",
+    "train",
+    "finetune",
+    "label",
+    "reward",
+    "ppo",
+    "dpo",
+    "grpo",
+    "eval",
+    "chat",
+]
 
 
 def unescape(text: str) -> str:

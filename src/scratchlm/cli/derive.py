@@ -137,3 +137,15 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (default) | cpu | cuda | cuda:N | mps")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                         help="auto: bf16 on CUDA, else fp32")  # fmt: skip
+
+
+def report_run(result, folder: str = "model folder") -> int:
+    """Print a training command's last evaluation and its model folder; the exit code (130: stopped by a
+    signal, with a checkpoint to --resume from)."""
+    if result.stopped == "signal":
+        return 130
+    figures = {k: v for k, v in result.evaluation.items() if isinstance(v, float) and k != "elapsed_s"}
+    print(f"step {result.step}: " + "  ".join(f"{k} {v:.4f}" for k, v in figures.items()))
+    if result.final_dir is not None:
+        print(f"{folder}: {result.final_dir}")
+    return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scratchlm.cli.derive import add_recipe_arguments, recipe_overrides
+from scratchlm.cli.derive import add_recipe_arguments, recipe_overrides, report_run
 
 
 def register(subparsers) -> None:
@@ -24,12 +24,4 @@ def _dpo(args) -> int:
 
     overrides = recipe_overrides(args, policy=args.policy, prefs=args.prefs)
     config = load_dpo_config(args.config, overrides, run_dir=args.out if args.resume else None)
-    result = dpo(config, args.out, resume=args.resume)
-    if result.stopped == "signal":
-        return 130
-    figures = {k: v for k, v in result.evaluation.items() if isinstance(v, float) and k != "elapsed_s"}
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in figures.items())
-    print(f"step {result.step}: {shown}")
-    if result.final_dir is not None:
-        print(f"model folder: {result.final_dir}")
-    return 0
+    return report_run(dpo(config, args.out, resume=args.resume))

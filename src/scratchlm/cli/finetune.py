@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scratchlm.cli.derive import add_recipe_arguments, recipe_overrides
+from scratchlm.cli.derive import add_recipe_arguments, recipe_overrides, report_run
 
 
 def register(subparsers) -> None:
@@ -25,11 +25,4 @@ def _sft(args) -> int:
     skip = "true" if args.skip_invalid else None
     overrides = recipe_overrides(args, base=args.base, **{"data.skip_invalid": skip})
     config = load_sft_config(args.config, overrides, run_dir=args.out if args.resume else None)
-    result = sft(config, args.out, resume=args.resume)
-    if result.stopped == "signal":
-        return 130
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in result.evaluation.items() if isinstance(v, float))
-    print(f"step {result.step}: {shown}")
-    if result.final_dir is not None:
-        print(f"model folder: {result.final_dir}")
-    return 0
+    return report_run(sft(config, args.out, resume=args.resume))

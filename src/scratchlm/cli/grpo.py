@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from scratchlm.cli.derive import add_recipe_arguments, recipe_overrides
+from scratchlm.cli.derive import add_recipe_arguments, recipe_overrides, report_run
 
 COMMANDS = {
     "grpo": "GRPO (Shao et al. 2024): rewards standardised within each prompt's group of answers",
@@ -42,11 +42,4 @@ def _grpo(args) -> int:
     quoted = {"policy": args.policy, "reward": args.reward, "tasks": args.tasks, "algorithm": args.algorithm}
     overrides = recipe_overrides(args, **{k: json.dumps(v) for k, v in quoted.items() if v is not None})
     config = load_grpo_config(args.config, overrides, run_dir=args.out if args.resume else None)
-    result = grpo(config, args.out, resume=args.resume)
-    if result.stopped == "signal":
-        return 130
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in result.evaluation.items() if isinstance(v, float))
-    print(f"step {result.step}: {shown}")
-    if result.final_dir is not None:
-        print(f"model folder: {result.final_dir}")
-    return 0
+    return report_run(grpo(config, args.out, resume=args.resume))

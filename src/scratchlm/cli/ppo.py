@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scratchlm.cli.derive import add_recipe_arguments, recipe_overrides
+from scratchlm.cli.derive import add_recipe_arguments, recipe_overrides, report_run
 
 
 def register(subparsers) -> None:
@@ -26,11 +26,4 @@ def _ppo(args) -> int:
 
     overrides = recipe_overrides(args, policy=args.policy, reward=args.reward, prompts=args.prompts)
     config = load_ppo_config(args.config, overrides, run_dir=args.out if args.resume else None)
-    result = ppo(config, args.out, resume=args.resume)
-    if result.stopped == "signal":
-        return 130
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in result.evaluation.items() if isinstance(v, float))
-    print(f"step {result.step}: {shown}")
-    if result.final_dir is not None:
-        print(f"model folder: {result.final_dir}")
-    return 0
+    return report_run(ppo(config, args.out, resume=args.resume))

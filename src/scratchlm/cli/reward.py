@@ -7,7 +7,7 @@ scratchlm reward export --ckpt runs/rm --out rm-hf
 
 from __future__ import annotations
 
-from scratchlm.cli.derive import add_recipe_arguments, recipe_overrides
+from scratchlm.cli.derive import add_recipe_arguments, recipe_overrides, report_run
 
 
 def register(subparsers) -> None:
@@ -40,14 +40,7 @@ def _train(args) -> int:
 
     overrides = recipe_overrides(args, base=args.base, prefs=args.prefs)
     config = load_reward_config(args.config, overrides, run_dir=args.out if args.resume else None)
-    result = train_reward(config, args.out, resume=args.resume)
-    if result.stopped == "signal":
-        return 130
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in result.evaluation.items() if isinstance(v, float))
-    print(f"step {result.step}: {shown}")
-    if result.final_dir is not None:
-        print(f"reward model folder: {result.final_dir}")
-    return 0
+    return report_run(train_reward(config, args.out, resume=args.resume), "reward model folder")
 
 
 def _export(args) -> int:

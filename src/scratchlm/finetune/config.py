@@ -9,10 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scratchlm.config import load_config
 from scratchlm.errors import ScratchError
-from scratchlm.train.config import BudgetConfig, EvalConfig, TrainingSections, check_budget
-from scratchlm.train.run_dir import RunDir
+from scratchlm.train.config import BudgetConfig, EvalConfig, TrainingSections, load_stage_config
 
 
 @dataclass
@@ -80,10 +78,4 @@ def load_sft_config(
     path: str | Path | None = None, overrides: list[str] = (), run_dir: str | Path | None = None
 ) -> SFTConfig:
     """Defaults <- YAML recipe <- `--set` overrides (resuming without a recipe: the run's config.yaml)."""
-    if path is None and run_dir is not None and RunDir(run_dir).config_path.is_file():
-        path = RunDir(run_dir).config_path
-    cfg = load_config(SFTConfig, path, overrides)
-    check_budget(cfg)
-    if not cfg.base:
-        raise ScratchError("sft: no base model; pass --base RUN_OR_MODEL (or set base: in the recipe)")
-    return cfg
+    return load_stage_config(SFTConfig, "sft", path, overrides, run_dir, {"base": "--base RUN_OR_MODEL"})

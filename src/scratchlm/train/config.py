@@ -239,10 +239,20 @@ def load_pretrain_config(
     """Defaults <- YAML recipe <- `--set` overrides; budgets are checked here, before any work is done.
 
     Without a recipe, `run_dir` (a run being resumed) supplies its own resolved config.yaml."""
+    return load_stage_config(PretrainConfig, "pretrain", path, overrides, run_dir)
+
+
+def load_stage_config(cls, stage: str, path, overrides, run_dir, required: dict[str, str] | None = None):
+    """A training stage's config: defaults <- YAML recipe <- `--set` overrides (resuming without a recipe:
+    the run's own config.yaml), then the budget and each `required` field checked (name -> the flag that
+    sets it), before any work is done."""
     if path is None and run_dir is not None and RunDir(run_dir).config_path.is_file():
         path = RunDir(run_dir).config_path
-    cfg = load_config(PretrainConfig, path, overrides)
+    cfg = load_config(cls, path, overrides)
     check_budget(cfg)
+    for name, flag in (required or {}).items():
+        if not getattr(cfg, name):
+            raise ScratchError(f"{stage}: no {name}; pass {flag} (or set {name}: in the recipe)")
     return cfg
 
 
