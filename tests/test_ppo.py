@@ -24,6 +24,7 @@ from scratchlm.align.ppo_config import load_ppo_config
 from scratchlm.align.ppo_objective import PPO, ppo
 from scratchlm.align.reward import RewardModel, save_reward_model
 from scratchlm.cli import main
+from scratchlm.eval.report import report
 from scratchlm.model.folder import load_model
 from scratchlm.tokenizer import CHAT_SPECIAL_TOKENS, ENDOFTEXT, train_char
 from scratchlm.train import load_pretrain_config, pretrain
@@ -189,6 +190,10 @@ def test_a_tiny_ppo_run_trains_policy_and_value_and_writes_both(tiny_rlhf, tmp_p
     assert any(moved)
     value_dir = result.checkpoint_dir / "models" / "value"
     assert (value_dir / "reward_head.safetensors").is_file()
+    written = report(tmp_path / "run")  # `scratchlm report RUN`: the reward and KL curves of the run
+    for name in ("score", "kl"):
+        assert (written["markdown"].parent / f"{name}.png").is_file()
+        assert f"{name}.png" in written["markdown"].read_text()
 
 
 RUN = """
@@ -204,6 +209,7 @@ if signal_at:
             os.kill(os.getpid(), signal.SIGKILL)
     RunLog.train = log_then_kill
 from scratchlm.cli import main
+from scratchlm.eval.report import report
 if resume:
     sys.exit(main(["ppo", "--out", out, "--resume"]))
 sys.exit(main(["ppo", "--out", out, *[a for s in settings for a in ("--set", s)]]))

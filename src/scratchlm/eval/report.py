@@ -106,6 +106,17 @@ def _plot(path: Path, title: str, xlabel: str, ylabel: str, lines: list[tuple[st
     fig.savefig(path)
 
 
+# The figures alignment runs log (scratchlm.align), each plotted against the step when present.
+ALIGNMENT_FIGURES = {
+    "score": "Reward-model score of the policy's answers",
+    "gold": "Gold score (the hidden judge; never trained on)",
+    "kl": "KL to the reference model (nats per answer)",
+    "reward": "Reward of the sampled answers",
+    "rewards/margins": "DPO: chosen minus rejected implicit reward",
+    "accuracy": "Held-out pair accuracy",
+}
+
+
 def training_plots(records: list[dict], out_dir: Path) -> list[tuple[str, Path]]:
     """(caption, png) for loss vs tokens, loss vs time, learning rate and throughput."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -119,6 +130,12 @@ def training_plots(records: list[dict], out_dir: Path) -> list[tuple[str, Path]]
             path = out_dir / f"{name}.png"
             _plot(path, f"Loss against {xlabel}", xlabel, "loss (nats/token)", lines)
             plots.append((f"Loss against {xlabel}", path))
+    for key, title in ALIGNMENT_FIGURES.items():  # an RL or preference run's curves, where logged
+        lines = [(kind, *_series(records, kind, "step", key)) for kind in ("train", "eval")]
+        if any(xs for _, xs, _ in lines):
+            path = out_dir / f"{key.replace('/', '_')}.png"
+            _plot(path, title, "step", key, [line for line in lines if line[1]])
+            plots.append((title, path))
     for key, title, ylabel in (("lr", "Learning rate", "lr"), ("tokens_per_s", "Throughput", "tokens/s")):
         xs, ys = _series(records, "train", "step", key)
         if xs:
