@@ -173,7 +173,7 @@ def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys):
         "no such preference file": ["--prefs", str(tmp_path / "missing.jsonl")],
         "loss 'dpo' is unknown": ["--set", "loss=dpo"],
         "beta must be > 0": ["--set", "beta=0"],
-        "record 43: the prompt is 63 tokens, longer than the model's context of 48": [
+        "long.jsonl:43: the prompt is 63 tokens, longer than the model's context of 48": [
             "--prefs",
             str(long_prompt),
         ],

@@ -154,7 +154,7 @@ def encode_pairs(pairs: Sequence[Pair], tokenizer, context: int, where: str = ""
         key = (pair.prompt, answer)
         if key in index:
             return index[key]
-        at = f"{where}: record {pair.group + 1}" if where else f"record {pair.group + 1}"
+        at = f"{where}:{pair.line}" if where else f"record {pair.group + 1}"  # FILE:LINE
         if pair.prompt not in prompts:
             prompts[pair.prompt], _ = render_chat(
                 pair.messages, tokenizer, add_generation_prompt=True, where=at

@@ -42,6 +42,7 @@ class Pair:
     rejected: str
     group: int  # the record it came from: the pairs of one ranking share it
     margin: float = 0.0
+    line: int = 0  # the record's line in its file, for messages (FILE:LINE)
 
     @property
     def messages(self) -> list[Message]:
@@ -174,7 +175,8 @@ def read_preferences(path: str | Path) -> Preferences:
                     prefs.identical += 1
                     continue
                 group.append(len(prefs.pairs))
-                prefs.pairs.append(Pair(prompt_key, answers[i], answers[j], prefs.records - 1, margin))
+                pair = Pair(prompt_key, answers[i], answers[j], prefs.records - 1, margin, number)
+                prefs.pairs.append(pair)
         if group:
             prefs.groups.append(group)
     if not prefs.pairs:
