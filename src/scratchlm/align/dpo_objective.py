@@ -45,25 +45,21 @@ from scratchlm.align.dpo_config import DPOConfig
 from scratchlm.align.preferences import Preferences, read_preferences
 from scratchlm.errors import ScratchError
 from scratchlm.fileio import atomic_path, save_safetensors
-from scratchlm.model.device import autocast_context, pick_device
+from scratchlm.model.device import autocast_context
 from scratchlm.model.folder import WEIGHTS, load_model, read_manifest, write_model_files
 from scratchlm.train import distributed
 from scratchlm.train.objective import StepBatches
 from scratchlm.train.run_dir import RunDir, resolve_model_dir
-from scratchlm.train.trainer import RunResult, Trainer
+from scratchlm.train.trainer import RunResult, run_stage
 
 REFERENCE_CACHE = "reference_logps.safetensors"  # in the run folder, beside config.yaml
 
 
 def dpo(config: DPOConfig, out_dir: str | Path, resume: bool = False, say=print) -> RunResult:
     """Train `config.policy` on `config.prefs` into the run folder `out_dir`."""
-    world = distributed.setup(pick_device(config.device))
-    try:
-        run = RunDir(out_dir)
-        trainer = Trainer(config.trainer(), run, world, resume, say)
-        return trainer.fit(DPO(config, run, world, resume, trainer.say))
-    finally:
-        distributed.teardown(world)
+    return run_stage(
+        config, out_dir, resume, say, lambda world, run, say: DPO(config, run, world, resume, say)
+    )
 
 
 @dataclass

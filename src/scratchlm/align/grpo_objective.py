@@ -46,25 +46,19 @@ from scratchlm.data.tasks.base import last_user
 from scratchlm.errors import ScratchError
 from scratchlm.eval.chat_tasks import BATCH, chat_task_figures
 from scratchlm.generate.config import SamplingConfig
-from scratchlm.model.device import pick_device
 from scratchlm.model.folder import load_model, write_model_files
 from scratchlm.tokenizer import CHAT_SPECIAL_TOKENS
 from scratchlm.train import distributed
 from scratchlm.train.objective import StepBatches
-from scratchlm.train.run_dir import RunDir, resolve_model_dir
-from scratchlm.train.trainer import RunResult, Trainer
+from scratchlm.train.run_dir import resolve_model_dir
+from scratchlm.train.trainer import RunResult, run_stage
 
 Reward = Callable[[list[dict], str], float]  # reward(prompt messages, completion) -> float
 
 
 def grpo(config: GRPOConfig, out_dir: str | Path, resume: bool = False, say=print) -> RunResult:
     """Train `config.policy` with GRPO or RLOO (`config.algorithm`) into the run folder `out_dir`."""
-    world = distributed.setup(pick_device(config.device))
-    try:
-        trainer = Trainer(config.trainer(), RunDir(out_dir), world, resume, say)
-        return trainer.fit(GRPO(config, world, trainer.say))
-    finally:
-        distributed.teardown(world)
+    return run_stage(config, out_dir, resume, say, lambda world, run, say: GRPO(config, world, say))
 
 
 def load_reward(spec: str) -> Reward:

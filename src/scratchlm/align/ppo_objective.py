@@ -53,27 +53,24 @@ from scratchlm.align.rollout import Rollout, prompt_ids, rollout, token_logprobs
 from scratchlm.errors import ScratchError
 from scratchlm.finetune.sft_data import ptx_tokens
 from scratchlm.generate.config import SamplingConfig
-from scratchlm.model.device import pick_device
 from scratchlm.model.folder import load_model, write_model_files
-from scratchlm.train import distributed
 from scratchlm.train.checkpoint import read_module_into
 from scratchlm.train.objective import StepBatches
-from scratchlm.train.run_dir import RunDir, resolve_model_dir
-from scratchlm.train.trainer import RunResult, Trainer
+from scratchlm.train.run_dir import resolve_model_dir
+from scratchlm.train.trainer import RunResult, run_stage
 
 EVAL_SEED = 1_000_003  # held-out answers are sampled with the same seed at every evaluation
 
 
 def ppo(config: PPOConfig, out_dir: str | Path, resume: bool = False, say=print) -> RunResult:
     """Train `config.policy` with PPO against `config.reward` into the run folder `out_dir`."""
-    world = distributed.setup(pick_device(config.device))
-    try:
+
+    def build(world, run, say):
         if world.distributed:
             raise ScratchError("ppo runs in one process for now; start it without torchrun")
-        trainer = Trainer(config.trainer(), RunDir(out_dir), world, resume, say)
-        return trainer.fit(PPO(config, world.device, trainer.say))
-    finally:
-        distributed.teardown(world)
+        return PPO(config, world.device, say)
+
+    return run_stage(config, out_dir, resume, say, build)
 
 
 def _frozen(model: torch.nn.Module) -> torch.nn.Module:

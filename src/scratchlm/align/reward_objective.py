@@ -49,23 +49,18 @@ from scratchlm.align.rollout import rollout
 from scratchlm.data.chat import END, chat_token_ids, render_chat
 from scratchlm.errors import ScratchError
 from scratchlm.generate.config import SamplingConfig
-from scratchlm.model.device import pick_device
 from scratchlm.model.folder import load_model
 from scratchlm.train import distributed
 from scratchlm.train.checkpoint import read_module_into
 from scratchlm.train.objective import StepBatches
-from scratchlm.train.run_dir import RunDir, resolve_model_dir
-from scratchlm.train.trainer import RunResult, Trainer
+from scratchlm.train.run_dir import resolve_model_dir
+from scratchlm.train.trainer import RunResult, run_stage
 
 
 def train_reward(config: RewardConfig, out_dir: str | Path, resume: bool = False, say=print) -> RunResult:
     """Train a reward model from `config.base` on `config.prefs` into the run folder `out_dir`."""
-    world = distributed.setup(pick_device(config.device))
-    try:
-        trainer = Trainer(config.trainer(), RunDir(out_dir), world, resume, say)
-        return trainer.fit(RewardObjective(config, world, world.device, trainer.say))
-    finally:
-        distributed.teardown(world)
+    build = lambda world, run, say: RewardObjective(config, world, world.device, say)  # noqa: E731
+    return run_stage(config, out_dir, resume, say, build)
 
 
 # ---- the loss and the figures, as plain functions -------------------------------------------------------

@@ -39,24 +39,20 @@ from scratchlm.finetune.sft_data import (
     render_all,
     sft_mixture,
 )
-from scratchlm.model.device import pick_device
 from scratchlm.model.folder import load_model, write_model_files
 from scratchlm.tokenizer import CHAT_SPECIAL_TOKENS
 from scratchlm.train import distributed
 from scratchlm.train.checkpoint import read_module_into
 from scratchlm.train.objective import StepBatches
-from scratchlm.train.run_dir import RunDir, resolve_model_dir
-from scratchlm.train.trainer import RunResult, Trainer
+from scratchlm.train.run_dir import resolve_model_dir
+from scratchlm.train.trainer import RunResult, run_stage
 
 
 def sft(config: SFTConfig, out_dir: str | Path, resume: bool = False, say=print) -> RunResult:
     """Fine-tune `config.base` into the run folder `out_dir`."""
-    world = distributed.setup(pick_device(config.device))
-    try:
-        trainer = Trainer(config.trainer(), RunDir(out_dir), world, resume, say)
-        return trainer.fit(SFT(config, world, world.device, trainer.say))
-    finally:
-        distributed.teardown(world)
+    return run_stage(
+        config, out_dir, resume, say, lambda world, run, say: SFT(config, world, world.device, say)
+    )
 
 
 ADAPTER = "adapter"  # a LoRA run's checkpoints and final/ hold the adapter here, beside the merged model

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from scratchlm.data import TokenLoader, load_tokens
 from scratchlm.errors import ScratchError
 from scratchlm.model import Transformer
-from scratchlm.model.device import autocast_context, pick_device
+from scratchlm.model.device import autocast_context
 from scratchlm.model.folder import write_model_files
 from scratchlm.train import distributed
 from scratchlm.train.config import PretrainConfig, check_budget, check_short_context, resolve_model_config
@@ -34,7 +34,7 @@ from scratchlm.train.evaluate import bits_per_byte, predicted_bytes, sample_text
 from scratchlm.train.objective import StepBatches
 from scratchlm.train.prepare import prepare_run_data
 from scratchlm.train.run_dir import RunDir
-from scratchlm.train.trainer import RunResult, Trainer
+from scratchlm.train.trainer import RunResult, run_stage
 
 # A loss this many times a uniform guess's, ln(vocab), means the run diverged: an untrained model starts
 # near 1x; with optim.lr=1e30 the char model's validation loss reached 2.8e30.
@@ -44,13 +44,8 @@ CEILING_VS_UNIFORM = 3.0
 def pretrain(config: PretrainConfig, out_dir: str | Path, resume: bool = False, say=print) -> RunResult:
     """Train `config` into the run folder `out_dir` (continuing its newest intact checkpoint if `resume`)."""
     check_budget(config)
-    world = distributed.setup(pick_device(config.device))
-    try:
-        run = RunDir(out_dir)
-        trainer = Trainer(config.trainer(), run, world, resume, say)  # checks the folder, seeds the RNGs
-        return trainer.fit(CausalLM(config, run, world, world.device, trainer.say))
-    finally:
-        distributed.teardown(world)
+    build = lambda world, run, say: CausalLM(config, run, world, world.device, say)  # noqa: E731
+    return run_stage(config, out_dir, resume, say, build)
 
 
 @dataclass

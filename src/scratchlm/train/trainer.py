@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from scratchlm.errors import ScratchError
 from scratchlm.fileio import atomic_dir
-from scratchlm.model.device import autocast_context
+from scratchlm.model.device import autocast_context, pick_device
 from scratchlm.train import checkpoint as ckpt
 from scratchlm.train import distributed
 from scratchlm.train.allocator import keep_freed_cpu_memory
@@ -72,6 +72,19 @@ class RunResult:
     @property
     def sample(self) -> str:
         return self.evaluation.get("sample", "")
+
+
+def run_stage(config, out_dir, resume: bool, say, build) -> RunResult:
+    """What every stage's entry point does (pretrain, sft, train_reward, ppo, dpo, grpo): set up the
+    process group on `config.device`, a Trainer over the run folder `out_dir` (which checks the folder and
+    seeds every RNG), then the objective `build(world, run, say)` after it, fit, and tear down."""
+    world = distributed.setup(pick_device(config.device))
+    try:
+        run = RunDir(out_dir)
+        trainer = Trainer(config.trainer(), run, world, resume, say)
+        return trainer.fit(build(world, run, trainer.say))
+    finally:
+        distributed.teardown(world)
 
 
 def enable_activation_checkpointing(model: torch.nn.Module) -> None:
