@@ -30,6 +30,7 @@ STAGES = [
     "grpo",
     "eval",
     "chat",
+    "serve",
     "plan",
 ]
 
