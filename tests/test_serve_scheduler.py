@@ -12,6 +12,7 @@ import threading
 import pytest
 import torch
 
+from scratchlm.errors import ScratchError
 from scratchlm.generate import SamplingConfig, decode_steps
 from scratchlm.model import ModelConfig, Transformer
 from scratchlm.serve.scheduler import QueueFull, Scheduler, Sequence
@@ -167,6 +168,8 @@ def test_a_full_queue_refuses_instead_of_waiting(model, tokenizer):
     scheduler.submit([seq()])
     with pytest.raises(QueueFull):
         scheduler.submit([seq()])
+    with pytest.raises(ScratchError, match="at most 1 together"):  # it could never be admitted: refuse now
+        Scheduler(model, tokenizer, max_batch=1).submit([seq(), seq()])
 
 
 def test_slots_join_leave_and_compact_keep_each_rows_keys(model):

@@ -104,6 +104,11 @@ class Scheduler:
 
     def submit(self, sequences: list[Sequence]) -> None:
         """Queue one request's sequences; raises QueueFull or Draining instead of waiting."""
+        if len(sequences) > self.max_batch:
+            raise ScratchError(
+                f"the request asks for {len(sequences)} sequences (prompts x n); this server decodes at most "
+                f"{self.max_batch} together; ask for fewer"
+            )
         for seq in sequences:
             if not seq.prompt:
                 raise ScratchError("an empty prompt has no token to start from")
