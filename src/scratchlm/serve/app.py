@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import html
 import json
 import logging
 from dataclasses import replace
@@ -103,7 +104,7 @@ def create_app(scheduler: Scheduler, config: ServeConfig, model_name: str, metri
 
     @app.get("/", response_class=HTMLResponse)
     def chat_page() -> str:
-        return page.replace("__MODEL__", model_name)
+        return page.replace("__MODEL__", html.escape(model_name))  # a name is text in the page, too
 
     @app.get("/health")
     def health():
