@@ -177,7 +177,18 @@ def test_completions_stream_and_not_with_seed_n_and_stop(server, model, tokenize
     assert default.usage.completion_tokens <= 16  # OpenAI's completions default for max_tokens
 
 
-def test_concurrent_clients_each_get_their_lone_reply(server, model, tokenizer):
+def slowed(monkeypatch, model, seconds: float) -> None:
+    """Sleep before every forward, so requests overlap (and a client can leave) however fast the machine."""
+    forward = model.forward
+
+    def slow_forward(*args, **kwargs):
+        time.sleep(seconds)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", slow_forward)
+
+
+def test_concurrent_clients_each_get_their_lone_reply(server, model, tokenizer, monkeypatch):
     asks = [
         ("tell me a story", dict(temperature=0)),
         ("why?", dict(temperature=1.0, seed=1)),
@@ -187,6 +198,7 @@ def test_concurrent_clients_each_get_their_lone_reply(server, model, tokenizer):
         ("x", dict(temperature=1.0, seed=2)),
     ]
     want = [chat_alone(model, tokenizer, q, max_new_tokens=40, **s) for q, s in asks]
+    slowed(monkeypatch, server.scheduler.model, 0.002)
     got: dict[int, str] = {}
     sizes = []
 
@@ -354,17 +366,21 @@ def test_a_full_queue_is_429(model_dir):
 # --- the slots, health and metrics --------------------------------------------------------------------
 
 
-def test_a_client_that_leaves_mid_stream_frees_its_row(server):
+def test_a_client_that_leaves_mid_stream_frees_its_row(server, monkeypatch):
+    slowed(
+        monkeypatch, server.scheduler.model, 0.01
+    )  # 95 tokens take a second: the client leaves long before
     body = {"model": "tiny-chat", "prompt": "go", "max_tokens": CONTEXT, "stream": True, "temperature": 0}
     with httpx.stream("POST", server.url + "/v1/completions", json=body) as r:
         lines = r.iter_lines()
         next(line for line in lines if line.startswith("data: "))
+        next(line for line in lines if line.startswith("data: "))  # the second piece: decoding in the batch
         assert len(server.scheduler.live) == 1
-    for _ in range(200):  # the row goes at the step after the server notices; allow for the notice
-        if not server.scheduler.live:
-            break
-        time.sleep(0.01)
+    left = time.monotonic()
+    while server.scheduler.live and time.monotonic() - left < 5:
+        time.sleep(0.005)
     assert not server.scheduler.live
+    assert time.monotonic() - left < 0.5  # freed within a few steps of the disconnect, not at its end
 
 
 def test_health_and_metrics(server):
