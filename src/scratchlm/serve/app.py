@@ -13,8 +13,9 @@ limit, 429 when the queue is full, 503 while draining. Message content is text: 
 with `encode_ordinary`, so content that spells `<|user|>` stays those characters.
 
 A request becomes `n` scheduler sequences whose events (text pieces, a finish reason) come back from the
-scheduler's thread through `call_soon_threadsafe` into an asyncio queue. A streaming client that leaves
-cancels its sequences when Starlette cancels the response; a waiting non-streaming one is polled.
+scheduler's thread through an `Inbox` (one event-loop wake-up for what arrives together). A streaming
+client that leaves cancels its sequences when Starlette cancels the response; a waiting non-streaming
+one is polled.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from scratchlm.errors import ScratchError
 from scratchlm.generate.config import SamplingConfig
 from scratchlm.serve import openai_schema as api
 from scratchlm.serve.config import ServeConfig
+from scratchlm.serve.inbox import Inbox
 from scratchlm.serve.limits import BodyLimit
 from scratchlm.serve.metrics import ServerMetrics
 from scratchlm.serve.scheduler import Draining, QueueFull, Scheduler, Sequence
@@ -148,8 +150,8 @@ def create_app(scheduler: Scheduler, config: ServeConfig, model_name: str, metri
         rid = api.new_id("chatcmpl")
         if body.stream:
             return sse(stream_chat(rid, body, seqs, queue, len(ids), notice))
-        texts, reasons, used = await collect(request, seqs, queue)
-        return api.chat_response(rid, model_name, texts, reasons, len(ids), used, notice)
+        texts, reasons, n_completion = await collect(request, seqs, queue)
+        return api.chat_response(rid, model_name, texts, reasons, len(ids), n_completion, notice)
 
     @app.post("/v1/completions", dependencies=[Depends(check_key)])
     async def completions(body: api.CompletionRequest, request: Request):
@@ -172,8 +174,8 @@ def create_app(scheduler: Scheduler, config: ServeConfig, model_name: str, metri
         notice = "; ".join(notices) or None
         if body.stream:
             return sse(stream_completion(rid, body, seqs, queue, n_prompt, notice))
-        texts, reasons, used = await collect(request, seqs, queue)
-        return api.completion_response(rid, model_name, texts, reasons, n_prompt, used, notice)
+        texts, reasons, n_completion = await collect(request, seqs, queue)
+        return api.completion_response(rid, model_name, texts, reasons, n_prompt, n_completion, notice)
 
     # --- a request's life -------------------------------------------------------------------------
 
@@ -191,11 +193,10 @@ def create_app(scheduler: Scheduler, config: ServeConfig, model_name: str, metri
         return ids[-keep:], f"the prompt was {len(ids)} tokens; kept its newest {keep} (context {context})"
 
     def make_sequences(prompts, body, max_tokens, eot_id, extra_stops):
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
+        queue = Inbox(asyncio.get_running_loop())
 
         def on_event(seq: Sequence, piece: str, reason: str | None) -> None:  # the scheduler's thread
-            loop.call_soon_threadsafe(queue.put_nowait, (seq, piece, reason))
+            queue.put((seq, piece, reason))
 
         sampling = SamplingConfig(
             max_new_tokens=max_tokens,
@@ -231,41 +232,45 @@ def create_app(scheduler: Scheduler, config: ServeConfig, model_name: str, metri
         metrics.prompt_tokens.inc(sum(len(p) for p in prompts))
         return seqs, queue
 
-    async def collect(request: Request, seqs, queue):
+    async def collect(request: Request, seqs, queue: Inbox):
         texts = [[] for _ in seqs]
         reasons: list[str | None] = [None] * len(seqs)
         try:
             while None in reasons:
-                try:
-                    seq, piece, reason = await asyncio.wait_for(queue.get(), timeout=0.5)
-                except TimeoutError:
-                    if await request.is_disconnected():
-                        raise asyncio.CancelledError from None
-                    continue
-                texts[seq.tag].append(piece)
-                if reason is not None:
-                    reasons[seq.tag] = reason
+                items = await queue.take(timeout=0.5)
+                if not items and await request.is_disconnected():
+                    raise asyncio.CancelledError
+                for seq, piece, reason in items:
+                    texts[seq.tag].append(piece)
+                    if reason is not None:
+                        reasons[seq.tag] = reason
         finally:
             for seq in seqs:
                 seq.cancel()  # a no-op for a finished one; frees the rows of a client that left
-        used = sum(s.generated for s in seqs)
-        metrics.completion_tokens.inc(used)
+        n_used = used(seqs)
+        metrics.completion_tokens.inc(n_used)
         if "error" in reasons:
             raise ApiError(503, "the server stopped this request (shutting down)", type_="server_error")
-        return ["".join(t) for t in texts], reasons, used
+        return ["".join(t) for t in texts], reasons, n_used
 
-    async def events(seqs, queue):
-        """(choice, piece, finish_reason) as they come; the finish reason once per choice."""
+    async def events(seqs, queue: Inbox):
+        """(choice, text, finish_reason or None) as they come: what arrived together for a choice is one
+        piece (a slow reader gets fewer, longer chunks), its finish reason once, with its last piece."""
         open_ = len(seqs)
         try:
             while open_:
-                seq, piece, reason = await queue.get()
-                open_ -= reason is not None
-                yield seq.tag, piece, reason
+                merged: dict[int, list] = {}
+                for seq, piece, reason in await queue.take():
+                    entry = merged.setdefault(seq.tag, ["", None])
+                    entry[0] += piece
+                    entry[1] = reason if reason is not None else entry[1]
+                for tag, (piece, reason) in merged.items():
+                    open_ -= reason is not None
+                    yield tag, piece, reason
         finally:
             for seq in seqs:
                 seq.cancel()
-            metrics.completion_tokens.inc(sum(s.generated for s in seqs))
+            metrics.completion_tokens.inc(used(seqs))
 
     async def stream_chat(rid, body, seqs, queue, n_prompt, notice):
         created, with_usage = api.now(), body.include_usage
