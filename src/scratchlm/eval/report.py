@@ -16,6 +16,7 @@ import html
 import json
 import os
 import platform
+import statistics
 from pathlib import Path
 
 import torch
@@ -23,6 +24,8 @@ import torch
 from scratchlm import __version__
 from scratchlm.errors import ScratchError
 from scratchlm.fileio import staged_dir
+from scratchlm.model import ModelConfig, Transformer
+from scratchlm.plan import DEFAULT_MFU
 from scratchlm.train.run_dir import RunDir, resolve_model_dir, step_of
 
 MAX_SAMPLES = 3
@@ -58,6 +61,43 @@ def fmt_value(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def throughput_rows(run_dir: Path, records: list[dict]) -> list[list[str]]:
+    """Measured tokens/s and MFU beside `scratchlm plan`'s estimate for the same model and hardware.
+
+    Measured: the median over training records after the first (which includes warm-up). The planner's
+    tokens/s is its default MFU times the run's own peak, which each record implies: tokens/s x FLOPs per
+    token / MFU (train/peak_flops.py's datasheet or CPU figure, over all ranks). [] without a model section
+    or MFU records (a fabricated or non-causal-LM run).
+    """
+    section = RunDir(run_dir).read_config().get("model")
+    train = [r for r in records if r.get("kind") == "train" and r.get("mfu") and r.get("tokens_per_s")]
+    if not isinstance(section, dict) or not train:
+        return []
+    with torch.device("meta"):
+        model = Transformer(ModelConfig.from_dict(section))
+    window = train[1:] or train
+
+    def flops(record: dict) -> float:  # a context curriculum logs each step's context
+        return model.flops_per_token(training=True, context_length=record.get("context"))
+
+    tokens_per_s = statistics.median([r["tokens_per_s"] for r in window])
+    mfu = statistics.median([r["mfu"] for r in window])
+    peak = statistics.median([r["tokens_per_s"] * flops(r) / r["mfu"] for r in window])
+    planned = DEFAULT_MFU * peak / flops(window[-1])
+    last = progress(records)
+    rows = [
+        ["tokens/s", f"{tokens_per_s:,.0f}", f"{planned:,.0f}"],
+        ["MFU", f"{mfu:.1%}", f"{DEFAULT_MFU:.0%} (assumed: scratchlm plan --mfu)"],
+        ["FLOPs per token", "", f"{flops(window[-1]):.3e}"],
+        ["peak FLOP/s (all ranks)", f"{peak:.3e}", "same"],
+    ]
+    if last.get("tokens") and last.get("elapsed_s"):
+        rows.append(
+            ["time for the run's tokens", f"{last['elapsed_s']:.1f} s", f"{last['tokens'] / planned:.1f} s"]
+        )
+    return rows
 
 
 # --- plots -------------------------------------------------------------------------------------------
@@ -211,6 +251,12 @@ def _blocks(run_dir: Path, records: list[dict], plots) -> list[tuple]:
             ["best val loss", f"{fmt_value(best.get('val_loss'))} (step {best.get('step')})"],
         ]
     blocks += [("table", ["figure", "value"], summary)]
+    throughput = throughput_rows(run_dir, records)
+    if throughput:
+        blocks += [
+            ("h2", "Throughput: measured and planned"),
+            ("table", ["", "measured", "planner"], throughput),
+        ]
     blocks += [("h2", "Curves")] + [("image", caption, path) for caption, path in plots]
     if not plots:
         blocks.append(("p", "No training records to plot yet."))
