@@ -126,18 +126,18 @@ async def stream_completion(
                 None, time.perf_counter() - start, 0, r.status_code, (await r.aread()).decode()
             )
         async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+            # Parse as little as possible: on two cores this client shares the CPU with the server.
+            if not line.startswith("data: {"):
                 continue
-            chunk = json.loads(line[6:])
-            if "error" in chunk:
-                return StreamResult(ttft, time.perf_counter() - start, chunks, 200, chunk["error"]["message"])
-            if chunk.get("usage"):
-                counted = chunk["usage"]["completion_tokens"]
-            for choice in chunk.get("choices", []):
-                if choice.get("text"):
-                    chunks += 1
-                    if ttft is None:
-                        ttft = time.perf_counter() - start
+            line = line.replace('": ', '":')  # one spelling of the JSON, compact or not
+            if '"error"' in line[:12]:
+                return StreamResult(ttft, time.perf_counter() - start, chunks, 200, line)
+            if '"usage":{' in line:
+                counted = json.loads(line[6:])["usage"]["completion_tokens"]
+            if ('"text":' in line and '"text":""' not in line) or '"content":"' in line:
+                chunks += 1
+                if ttft is None:
+                    ttft = time.perf_counter() - start
     return StreamResult(ttft, time.perf_counter() - start, counted if counted is not None else chunks, 200)
 
 
