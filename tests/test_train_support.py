@@ -54,6 +54,27 @@ def run_python(code: str, env_extra: dict | None = None, timeout: int = 120) -> 
     )
 
 
+def torchrun(nproc: int, args: list[str], *, script: Path | None = None, timeout: int = 300):
+    """`torchrun --standalone --nproc-per-node=N -m scratchlm ARGS` (or SCRIPT ARGS), one thread each."""
+    target = [str(script)] if script else ["-m", "scratchlm"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        cmd + target + args, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env
+    )
+
+
+def sets(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def weights(folder: Path) -> dict:
+    """The tensors of a model folder, by name."""
+    from scratchlm.model.folder import load_model
+
+    return load_model(folder)[0].state_dict()
+
+
 def train_losses(run_dir: Path) -> list[tuple[int, float]]:
     from scratchlm.train.run_dir import read_metrics
 

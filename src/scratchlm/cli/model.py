@@ -1,9 +1,10 @@
-"""`scratchlm generate`, `scratchlm export hf`, `scratchlm import hf`: thin wrappers over
+"""`scratchlm generate`, `scratchlm export hf|model`, `scratchlm import hf`: thin wrappers over
 `scratchlm.generate` and `scratchlm.interop.hf`.
 
 scratchlm generate --ckpt runs/demo --prompt "ROMEO:" --max-new-tokens 200 --top-k 50 --seed 1
 scratchlm generate --ckpt runs/demo --prompt "To be" --prompt "Once" --temperature 0 --stop "\\n\\n"
 scratchlm export hf --ckpt runs/demo/final --out demo-hf
+scratchlm export model --from-dcp runs/fsdp/checkpoints/step_400 --out fsdp-model
 scratchlm import hf --src demo-hf --out demo-back
 """
 
@@ -48,6 +49,10 @@ def register(subparsers) -> None:
     e.add_argument("--ckpt", required=True, help="model folder, or a run folder (uses final/ or its newest)")
     e.add_argument("--out", required=True, help="the Hugging Face folder to write (replaced if present)")
     e.set_defaults(func=run_export_hf)
+    m = export_sub.add_parser("model", help="a model folder from an FSDP run's distributed checkpoint")
+    m.add_argument("--from-dcp", required=True, metavar="STEP_DIR", help="an FSDP run's checkpoints/step_N")
+    m.add_argument("--out", required=True, help="the model folder to write (replaced if present)")
+    m.set_defaults(func=run_export_model)
 
     imp = subparsers.add_parser("import", help="read a model from another ecosystem's format")
     imp_sub = imp.add_subparsers(dest="format", metavar="FORMAT", required=True)
@@ -110,6 +115,14 @@ def run_export_hf(args) -> int:
         " + tokenizer.json" if (Path(out) / "tokenizer.json").is_file() else " (no HF tokenizer: not BPE)"
     )
     print(f"wrote {out} (LlamaForCausalLM: config.json, model.safetensors, tokenizer/{hf_tok})")
+    return 0
+
+
+def run_export_model(args) -> int:
+    from scratchlm.train.sharded_checkpoint import export_model
+
+    out = export_model(args.from_dcp, args.out)
+    print(f"wrote {out} (a model folder, from the distributed checkpoint {args.from_dcp})")
     return 0
 
 

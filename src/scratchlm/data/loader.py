@@ -190,8 +190,17 @@ class TokenLoader:
     def load_state_dict(self, state: dict) -> None:
         """Continue where the saved loader stopped. Its settings must match, or the batches would not."""
         mine = self.state_dict()
+        # Rank r of W reads rows [r*B, (r+1)*B) of a global batch of B*W rows, so a run may resume on
+        # another number of ranks as long as B*W, the global batch, is unchanged.
+        rows = lambda s: (s.get("batch_size") or 0) * (s.get("world_size") or 0)  # noqa: E731
+        if rows(state) != rows(mine):
+            raise ScratchError(
+                f"cannot resume the loader: saved {state.get('batch_size')} rows x {state.get('world_size')} "
+                f"ranks but this loader reads {self.batch_size} x {self.world_size}; resume with the same "
+                "global batch"
+            )
         for key in mine:
-            if key != "step" and state.get(key) != mine[key]:
+            if key not in ("step", "batch_size", "world_size") and state.get(key) != mine[key]:
                 raise ScratchError(
                     f"cannot resume the loader: saved {key}={state.get(key)!r} but this loader has "
                     f"{key}={mine[key]!r}; resume with the same data settings"

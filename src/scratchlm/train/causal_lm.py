@@ -141,11 +141,14 @@ class CausalLM:
             "val_bpb": bits_per_byte(val_loss, n_pred, self._val_bytes),
             "sample": "",
         }
-        if self.world.is_main and cfg.eval.sample_tokens > 0:
-            figures["sample"] = sample_text(
+        if cfg.eval.sample_tokens > 0:
+            # Every rank samples, with the same seed, and rank 0's text is logged: under FSDP each forward
+            # pass is a collective (every block all-gathers its weights), so one rank alone would hang.
+            sample = sample_text(
                 self.model, self.tokenizer, cfg.eval.sample_prompt, cfg.eval.sample_tokens,
                 cfg.eval.temperature, seed=cfg.seed + step,
             )  # fmt: skip
+            figures["sample"] = sample if self.world.is_main else ""
         return figures
 
     def _autocast(self):

@@ -6,6 +6,11 @@
                                plain containers only, read with `torch.load(weights_only=True)`
     step_N/checkpoint.json     written last: format, step, objective, val_loss, sha256 and size of each file
 
+An FSDP run's checkpoint (manifest `"layout": "dcp"`) holds a distributed checkpoint in place of the model
+folders and optimizer states (scratchlm.train.sharded_checkpoint); a DeepSpeed run's (`"deepspeed"`) holds
+the model folder and DeepSpeed's partitioned state (scratchlm.train.zero). Every rank writes its part
+(`save_from_every_rank`); the trainer state and manifest here complete it as they complete any other.
+
 Writing goes through `fileio.atomic_dir`, so a kill at any instant leaves no folder or a complete one.
 Each file's sha256 is computed once, as it is written (the model folder's writer hands back the hashes it
 computed), so saving costs the same however many checkpoints are kept; pruning reads manifests only.
@@ -34,6 +39,7 @@ from safetensors.torch import load_file
 
 from scratchlm.errors import ScratchError
 from scratchlm.fileio import atomic_dir, save_safetensors, sha256_file, write_json_atomic
+from scratchlm.train import distributed
 from scratchlm.train.run_dir import RunDir
 
 FORMAT = "scratchlm-checkpoint"
@@ -41,6 +47,7 @@ MANIFEST = "checkpoint.json"
 STATE = "trainer_state.pt"
 MODELS = "models"  # trainable models other than the primary one live in MODELS/NAME/
 WEIGHTS = "model.safetensors"
+LAYOUT_FOLDER, LAYOUT_DCP, LAYOUT_DEEPSPEED = "folder", "dcp", "deepspeed"
 
 
 def save_checkpoint(
@@ -54,23 +61,54 @@ def save_checkpoint(
     """
     path = Path(path)
     with atomic_dir(path) as tmp:
-        hashes = dict(write_models(tmp) or {})
-        # Serialized in memory, written by Python: a full disk is then an OSError that names the file,
-        # not the RuntimeError of torch's C++ zip writer.
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        (tmp / STATE).write_bytes(buffer.getvalue())
-        files = {}
-        for f in sorted(tmp.rglob("*")):
-            if f.is_file():
-                name = f.relative_to(tmp).as_posix()
-                files[name] = {"sha256": hashes.get(name) or sha256_file(f), "bytes": f.stat().st_size}
-        write_json_atomic(tmp / MANIFEST, {"format": FORMAT, **meta, "files": files})
+        finish_checkpoint(tmp, dict(write_models(tmp) or {}), state, meta)
     return path
+
+
+def save_from_every_rank(path: Path, world, every_rank: Callable[[Path], None], finish) -> Path:
+    """The checkpoint folder `path` written by every rank (sharded states): rank 0 makes the temporary
+    folder and broadcasts its name, `every_rank(tmp)` runs on each (collectives allowed), and once all
+    are done `finish(tmp)` (`finish_checkpoint`, say) runs on rank 0, which then renames the folder into
+    place. A kill before the rename leaves only a temporary folder, which is never listed; every rank
+    must see the same filesystem."""
+    if not world.is_main:
+        tmp = Path(distributed.broadcast_object(None, world))
+        every_rank(tmp)
+        distributed.barrier(world)
+        return path
+    with atomic_dir(path) as tmp:
+        distributed.broadcast_object(str(tmp), world)
+        every_rank(tmp)
+        distributed.barrier(world)  # every rank's files are written before rank 0 hashes them
+        finish(tmp)
+    return path
+
+
+def finish_checkpoint(tmp: Path, hashes: dict[str, str], state: dict, meta: dict) -> None:
+    """The trainer state, then the manifest of every file in the (temporary) folder `tmp`, written last:
+    what makes any checkpoint folder complete (a sharded one too: scratchlm.train.sharded_checkpoint).
+    `hashes`: {relative path: sha256} of the files hashed already."""
+    # Serialized in memory, written by Python: a full disk is then an OSError that names the file,
+    # not the RuntimeError of torch's C++ zip writer.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    (tmp / STATE).write_bytes(buffer.getvalue())
+    files = {}
+    for f in sorted(tmp.rglob("*")):
+        if f.is_file():
+            name = f.relative_to(tmp).as_posix()
+            files[name] = {"sha256": hashes.get(name) or sha256_file(f), "bytes": f.stat().st_size}
+    write_json_atomic(tmp / MANIFEST, {"format": FORMAT, **meta, "files": files})
 
 
 def read_manifest(path: str | Path) -> dict:
     return json.loads((Path(path) / MANIFEST).read_text())
+
+
+def layout(path: str | Path) -> str:
+    """How the checkpoint holds its models: "folder" (model folders, a whole optimizer state in
+    trainer_state.pt) or "dcp" (an FSDP run's distributed checkpoint: scratchlm.train.sharded_checkpoint)."""
+    return read_manifest(path).get("layout", LAYOUT_FOLDER)
 
 
 def is_complete(path: str | Path) -> tuple[bool, float | None]:

@@ -19,6 +19,7 @@ from scratchlm.config import from_dict, load_config
 from scratchlm.errors import ScratchError
 from scratchlm.model import ModelConfig, get_preset
 from scratchlm.model.config import swiglu_hidden
+from scratchlm.train.distributed import PARALLEL_MODES
 from scratchlm.train.optim import OptimConfig
 from scratchlm.train.run_dir import RunDir
 from scratchlm.train.schedule import ScheduleConfig
@@ -138,6 +139,9 @@ class TrainerConfig:
     grad_clip: float = 1.0  # max gradient norm of each trainable model (0: off)
     compile: bool = False
     activation_checkpointing: bool = False
+    parallel: str = "auto"  # auto | none | ddp | fsdp | deepspeed (scratchlm.train.parallel, .zero)
+    fsdp_cpu_offload: bool = False
+    zero_stage: int = 2
 
 
 @dataclass
@@ -159,10 +163,28 @@ class TrainingSections:
     grad_clip: float = 1.0  # max gradient norm of each trainable model (0: off)
     compile: bool = False  # torch.compile the model
     activation_checkpointing: bool = False  # recompute each block's activations in backward
+    # Under torchrun: auto (DDP when there are several processes) | ddp | fsdp (sharded parameters,
+    # gradients and optimizer state; distributed checkpoints) | none. See scratchlm.train.parallel.
+    parallel: str = "auto"
+    fsdp_cpu_offload: bool = False  # fsdp: keep the shards and the optimizer step in host memory
+    zero_stage: int = 2  # deepspeed: ZeRO 1 (optimizer state), 2 (+ gradients), 3 (+ parameters) sharded
 
     def __post_init__(self) -> None:
         if self.precision not in ("bf16", "fp32"):
             raise ScratchError(f"precision {self.precision!r} is unknown; use bf16 or fp32")
+        if self.parallel not in PARALLEL_MODES:
+            raise ScratchError(f"parallel {self.parallel!r} is unknown; use {' | '.join(PARALLEL_MODES)}")
+        if self.fsdp_cpu_offload and self.parallel != "fsdp":
+            raise ScratchError("fsdp_cpu_offload needs parallel: fsdp (it offloads FSDP's shards)")
+        if self.zero_stage not in (1, 2, 3):
+            raise ScratchError(f"zero_stage {self.zero_stage} is not a ZeRO stage; use 1, 2 or 3")
+        if self.parallel == "deepspeed" and self.optim.name != "adamw":
+            raise ScratchError(
+                f"optim.name {self.optim.name} cannot run under DeepSpeed: ZeRO flattens parameters into "
+                "1-D partitions and Muon needs whole matrices; use optim.name=adamw, or parallel=fsdp"
+            )
+        if self.parallel == "deepspeed" and self.compile:
+            raise ScratchError("compile with parallel: deepspeed is not supported; drop one of them")
 
     def trainer(self) -> TrainerConfig:
         """The sections the Trainer reads, as one TrainerConfig."""
@@ -170,7 +192,8 @@ class TrainingSections:
             budget=self.budget, optim=self.optim, schedule=self.schedule, logging=self.logging,
             checkpoint=self.checkpoint, eval_every=self.eval.every, max_rises=self.eval.max_rises,
             seed=self.seed, precision=self.precision, grad_clip=self.grad_clip, compile=self.compile,
-            activation_checkpointing=self.activation_checkpointing,
+            activation_checkpointing=self.activation_checkpointing, parallel=self.parallel,
+            fsdp_cpu_offload=self.fsdp_cpu_offload, zero_stage=self.zero_stage,
         )  # fmt: skip
 
 

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+# How ranks share the work (scratchlm.train.parallel applies them); here so configs need not import FSDP.
+PARALLEL_MODES = ("auto", "none", "ddp", "fsdp", "deepspeed")
+
 
 @dataclass(frozen=True)
 class World:
@@ -23,6 +26,7 @@ class World:
     local_rank: int = 0
     size: int = 1
     device: torch.device = torch.device("cpu")
+    launched: bool = False  # started by torchrun (even as a world of one)
 
     @property
     def is_main(self) -> bool:
@@ -34,22 +38,26 @@ class World:
         return self.size > 1
 
 
-def setup(device: torch.device) -> World:
-    """Join the torchrun process group if there is one; `device` is the single-process choice."""
+def setup(device: torch.device, join_alone: bool = False) -> World:
+    """Join the torchrun process group if there is one; `device` is the single-process choice.
+
+    `join_alone`: make a process group in a torchrun world of one too (FSDP's device mesh and DeepSpeed
+    need one even when there is nothing to shard across)."""
+    launched = "WORLD_SIZE" in os.environ and "RANK" in os.environ
     size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size <= 1:
-        return World(device=device)
+    if size <= 1 and not (launched and join_alone):
+        return World(device=device, launched=launched)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)  # one GPU per process
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return World(rank=rank, local_rank=local_rank, size=size, device=device)
+    return World(rank=rank, local_rank=local_rank, size=size, device=device, launched=True)
 
 
 def teardown(world: World) -> None:
-    if world.distributed and dist.is_initialized():
+    if world.launched and dist.is_initialized():
         dist.destroy_process_group()
 
 

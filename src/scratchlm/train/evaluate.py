@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 import torch
+from torch.distributed.tensor import DTensor
 
 from scratchlm.eval.scoring import rolling_windows, score_continuations
 from scratchlm.generate.config import SamplingConfig
@@ -39,11 +40,14 @@ def validation_loss(
     if max_tokens:
         n_pred = min(n_pred, max_tokens)
     windows = rolling_windows(np.asarray(tokens[: n_pred + 1]).tolist(), model.config.context_length)
+    mine = windows[world.rank :: world.size]
+    # Every rank scores as many windows (some twice, the extra scores dropped), so every rank makes the
+    # same number of forward passes: under FSDP each is a collective (blocks all-gather their weights).
+    # The windows are all context-long but possibly the last, so equal counts make equal batches.
+    padded = mine + windows[: -(-len(windows) // world.size) - len(mine)]
     was_training = model.training
     model.eval()
-    scores = score_continuations(
-        model, windows[world.rank :: world.size], batch_size=batch_size, autocast=autocast
-    )
+    scores = score_continuations(model, padded, batch_size=batch_size, autocast=autocast)[: len(mine)]
     model.train(was_training)
     (total,) = all_reduce_sum([-sum(logprob for logprob, _ in scores)], world)
     return total / max(1, n_pred), n_pred
@@ -70,7 +74,11 @@ def sample_text(model, tokenizer, prompt: str, n_tokens: int, temperature: float
     engine_log = logging.getLogger("scratchlm.generate.engine")
     level = engine_log.level
     engine_log.setLevel(logging.ERROR)
+    # Sharded weights (FSDP's DTensors, ZeRO-3's `ds_id` parameters) decode through the model's own
+    # forward, where each block's weights are gathered; the cached one-token path (generate.packed) reads
+    # the blocks' weights around those hooks.
+    sharded = any(isinstance(p, DTensor) or hasattr(p, "ds_id") for p in model.parameters())
     try:
-        return generate(model, tokenizer, [prompt], config)[0]
+        return generate(model, tokenizer, [prompt], config, use_cache=not sharded)[0]
     finally:
         engine_log.setLevel(level)

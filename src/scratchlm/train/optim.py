@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from scratchlm.errors import ScratchError
 
@@ -151,6 +152,14 @@ class MuonAdamW(torch.optim.Optimizer):
     factor keeps the per-entry RMS of the update comparable for tall matrices (MLP up-projections),
     whose orthogonalized updates have smaller entries (Jordan's "shape-aware" scaling).
 
+    Under FSDP each parameter, gradient and momentum buffer is a DTensor holding 1/world of the rows.
+    Momentum stays sharded; the update is all-gathered (`full_tensor`), orthogonalized whole on every
+    rank, and each rank keeps its own rows (`distribute_tensor(src_data_rank=None)`: no communication).
+    The cost per step: one more all-gather of every hidden matrix (as much traffic again as FSDP's
+    forward gather of those weights), the whole updates of all of them in memory during the step, and the
+    Newton-Schulz FLOPs repeated on every rank instead of split among them (Moonlight, Liu et al. 2025,
+    instead assigns each matrix to one rank and scatters the results: less compute, the same traffic).
+
     AdamW step (Loshchilov & Hutter) with bias correction, written out per parameter so it reads as the
     paper's equations; the parameters under AdamW here are few (embeddings, head, gains), so a Python
     loop over them costs little next to the forward and backward passes.
@@ -190,6 +199,8 @@ class MuonAdamW(torch.optim.Optimizer):
             buf = state["momentum_buffer"]
             buf.lerp_(p.grad, 1 - momentum)
             update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+            if isinstance(update, DTensor):
+                update = update.full_tensor()  # FSDP: Newton-Schulz needs the whole matrix (see below)
             matrix = update.reshape(update.size(0), -1)  # conv-like >2-D weights: (out, everything else)
             if matrix.size(0) > matrix.size(1):
                 matrix = matrix.mT  # tall and wide share a batch: NS(X^T) = NS(X)^T
@@ -202,9 +213,12 @@ class MuonAdamW(torch.optim.Optimizer):
                 rows_p, cols_p = p.size(0), p[0].numel()
                 o = o if (rows_p, cols_p) == (rows, cols) else o.mT
                 scale = math.sqrt(max(1.0, rows_p / cols_p))
+                o = o.reshape(p.shape)
+                if isinstance(p, DTensor):  # every rank computed the same whole update: keep its own shard
+                    o = distribute_tensor(o, p.device_mesh, p.placements, src_data_rank=None)
                 if decay:
                     p.mul_(1 - lr * decay)
-                p.add_(o.reshape(p.shape), alpha=-lr * scale)
+                p.add_(o, alpha=-lr * scale)
 
     def _adamw_group(self, group: dict) -> None:
         lr, decay, eps = group["lr"], group["weight_decay"], group["eps"]

@@ -9,7 +9,8 @@ One optimizer step:
 
 Everything that does not depend on the stage lives here: the budget and progress, accumulation, clipping,
 the schedule, signals, the divergence guard, metrics, the evaluation and checkpoint cadence, the wrappers
-(activation checkpointing, DDP, compile, applied from outside the models). What is trained and how its
+(activation checkpointing, DDP or FSDP (scratchlm.train.parallel) or DeepSpeed (.zero), compile, applied
+from outside the models). What is trained and how its
 loss is taken is the objective's (scratchlm.train.objective).
 
 Exact resume: every source of randomness is a pure function of the step (the objective's batches) or is
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import math
 import random
 import time
@@ -31,14 +33,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
 from scratchlm.errors import ScratchError
 from scratchlm.fileio import atomic_dir
 from scratchlm.model.device import autocast_context, pick_device
 from scratchlm.train import checkpoint as ckpt
-from scratchlm.train import distributed
+from scratchlm.train import distributed, parallel, step_state
 from scratchlm.train.allocator import keep_freed_cpu_memory
 from scratchlm.train.config import TrainerConfig
 from scratchlm.train.metrics import RunLog
@@ -78,7 +79,8 @@ def run_stage(config, out_dir, resume: bool, say, build) -> RunResult:
     """What every stage's entry point does (pretrain, sft, train_reward, ppo, dpo, grpo): set up the
     process group on `config.device`, a Trainer over the run folder `out_dir` (which checks the folder and
     seeds every RNG), then the objective `build(world, run, say)` after it, fit, and tear down."""
-    world = distributed.setup(pick_device(config.device))
+    sharded = config.parallel in ("fsdp", "deepspeed")  # they need a process group even for one rank
+    world = distributed.setup(pick_device(config.device), join_alone=sharded)
     try:
         run = RunDir(out_dir)
         trainer = Trainer(config.trainer(), run, world, resume, say)
@@ -113,6 +115,9 @@ class Trainer:
         """Checks the run folder and seeds every RNG: build the objective's models after this."""
         self.cfg, self.run, self.world, self.resume = config, run, world, resume
         self.say = say if world.is_main else (lambda *_: None)
+        self.parallel = parallel.resolve(config.parallel, world)  # none | ddp | fsdp | deepspeed
+        # scratchlm.train.zero, imported only for DeepSpeed runs: an optional extra, seconds to import.
+        self.zero = importlib.import_module("scratchlm.train.zero") if self.parallel == "deepspeed" else None
         if not resume and world.is_main and run.holds_run():
             raise ScratchError(
                 f"{run.path} already holds a run; pass --resume to continue it, or choose another --out"
@@ -137,18 +142,29 @@ class Trainer:
         cfg, world, run = self.cfg, self.world, self.run
         if world.is_main:
             run.write_config(objective.resolved_config())
+        # Wrapped before the optimizers are built: FSDP replaces the parameters by their shards.
+        wrapped = {name: self._wrap(objective.models[name]) for name in objective.trainable}
+        models = {**objective.models, **wrapped}
         optimizers = {
             name: build_optimizer(objective.models[name], cfg.optim) for name in objective.trainable
         }
-        counters = self._restore(objective, optimizers) if self.resume else _Counters()
+        if self.zero is not None:  # DeepSpeed takes over the optimizer and the backward
+            if len(objective.trainable) != 1:  # its engine drives one model's backward
+                raise ScratchError(
+                    f"parallel: deepspeed trains one model; {objective.name} trains "
+                    f"{', '.join(objective.trainable)}: use parallel=fsdp"
+                )
+            name = objective.trainable[0]
+            models[name], optimizers[name] = self.zero.initialize(
+                objective.models[name], optimizers[name], cfg.zero_stage, cfg.grad_clip
+            )
+        counters = self._restore(objective, models, optimizers) if self.resume else _Counters()
         if counters.step and self._progress(counters, counters.elapsed_before) >= 1.0 and run.final.is_dir():
             self.say(
                 f"{run.path} already finished its budget at step {counters.step}; raise the budget to go on"
             )
             return RunResult(run.path, counters.step, counters.tokens, counters.elapsed_before, "budget",
                              final_dir=run.final)  # fmt: skip
-        wrapped = {name: self._wrap(objective.models[name]) for name in objective.trainable}
-        models = {**objective.models, **wrapped}
         peak, how = peak_flops(self.device, self.dtype)
         if cfg.logging.progress:
             self.say(f"MFU against {how}" + (f" (x {world.size} ranks)" if world.distributed else ""))
@@ -191,7 +207,7 @@ class Trainer:
                     if eval_now:
                         last_eval = self._evaluate(objective, counters, log, elapsed(), last_save)
                     if save_now:
-                        last_save = self._save(objective, optimizers, counters, last_eval, elapsed())
+                        last_save = self._save(objective, models, optimizers, counters, last_eval, elapsed())
                     if eval_now or save_now:  # tokens/s measures training, not evaluating or saving
                         log.restart_window()
             self._check_loss(bad, loss, ceiling, counters, last_save)
@@ -200,7 +216,7 @@ class Trainer:
                 if last_eval is None or last_eval["step"] != counters.step:
                     last_eval = self._evaluate(objective, counters, log, elapsed(), last_save)
             if last_save is None or last_save[0] != counters.step:
-                last_save = self._save(objective, optimizers, counters, last_eval, elapsed())
+                last_save = self._save(objective, models, optimizers, counters, last_eval, elapsed())
             final = self._write_final(objective, counters) if stopped == "budget" else None
         finally:
             log.close()
@@ -257,8 +273,15 @@ class Trainer:
             with self._no_sync(models, objective.trainable, skip=last), self.autocast():
                 loss_sum, _ = objective.loss(models, batch)
                 loss = loss_sum / n_valid
-                (loss * self.world.size).backward()  # DDP averages gradients over ranks
+                # x world size: DDP, FSDP and ZeRO average gradients over ranks; we want their sum / n
+                if self.zero is not None:
+                    self.zero.backward(models[objective.trainable[0]], loss * self.world.size, last)
+                else:
+                    (loss * self.world.size).backward()
             total += loss.detach()
+        if self.zero is not None:
+            self.zero.step(models[objective.trainable[0]])  # clips, steps and zeroes, as below
+            return total, work
         for name, optimizer in optimizers.items():
             if self.cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(objective.models[name].parameters(), self.cfg.grad_clip)
@@ -267,20 +290,19 @@ class Trainer:
         return total, work
 
     def _no_sync(self, models: dict, trainable, skip: bool):
-        """DDP's no_sync on every trainable model but on the last micro-batch (gradients sync once a step)."""
+        """No gradient sync on every trainable model but on the last micro-batch (they sync once a step)."""
         stack = contextlib.ExitStack()
         if not skip and self.world.distributed:
             for name in trainable:
-                stack.enter_context(models[name].no_sync())
+                stack.enter_context(parallel.no_sync(getattr(models[name], "_orig_mod", models[name])))
         return stack
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Activation checkpointing, then DDP, then compile: all from outside the model."""
+        """Activation checkpointing, then DDP or FSDP, then compile: all from outside the model."""
         if self.cfg.activation_checkpointing:
             enable_activation_checkpointing(model)
-        if self.world.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            model = DistributedDataParallel(model, device_ids=ids)
+        model = parallel.parallelize(model, self.world, self.parallel, bf16=self.dtype == torch.bfloat16,
+                                     cpu_offload=self.cfg.fsdp_cpu_offload)  # fmt: skip
         return torch.compile(model) if self.cfg.compile else model
 
     # ---- guards and evaluation --------------------------------------------------------------------
@@ -342,39 +364,30 @@ class Trainer:
     # ---- checkpoints ------------------------------------------------------------------------------
 
     def _save(
-        self, objective, optimizers, counters: _Counters, last_eval, elapsed: float
+        self, objective, models, optimizers, counters: _Counters, last_eval, elapsed: float
     ) -> tuple[int, Path]:
-        """Checkpoint the current step (rank 0 writes; the others wait for it)."""
+        """Checkpoint the current step: rank 0 writes (the others wait for it); under FSDP or DeepSpeed
+        every rank writes its part of the optimizer state (and under FSDP of the models)."""
         step = counters.step
         path = self.run.checkpoint_path(step)
+        val = last_eval.get("val_loss") if last_eval and last_eval["step"] == step else None
+        state = {
+            "objective": objective.name, "step": step, "tokens": counters.tokens, "elapsed_s": elapsed,
+            "best_val_loss": counters.best_val, "val_history": list(counters.val_history),
+            "world_size": self.world.size, "objective_state": objective.state_dict(),
+            "rng": ckpt.rng_states(),
+        }  # fmt: skip
+        meta = {"step": step, "objective": objective.name, "val_loss": val}
+        extra = {"step": step, "tokens": counters.tokens, "val_loss": val}  # into each model's manifest
+        step_state.save(path, self.world, self.parallel, self.zero, objective, models, optimizers, state,
+                        meta, extra)  # fmt: skip
         if self.world.is_main:
-            val = last_eval.get("val_loss") if last_eval and last_eval["step"] == step else None
-            state = {
-                "objective": objective.name, "step": step, "tokens": counters.tokens, "elapsed_s": elapsed,
-                "best_val_loss": counters.best_val, "val_history": list(counters.val_history),
-                "world_size": self.world.size,
-                "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-                "objective_state": objective.state_dict(), "rng": ckpt.rng_states(),
-            }  # fmt: skip
-            extra = {"step": step, "tokens": counters.tokens, "val_loss": val}
-
-            def write_models(folder: Path) -> dict[str, str]:
-                hashes = {}
-                for index, name in enumerate(objective.trainable):
-                    where = folder if index == 0 else folder / ckpt.MODELS / name
-                    prefix = "" if index == 0 else f"{ckpt.MODELS}/{name}/"
-                    for rel, digest in (objective.write_model(name, where, extra) or {}).items():
-                        hashes[prefix + rel] = digest
-                return hashes
-
-            meta = {"step": step, "objective": objective.name, "val_loss": val}
-            ckpt.save_checkpoint(path, write_models, state, meta)
             keep = self.cfg.checkpoint
             self.run.prune(keep.keep_last, keep.keep_best, ckpt.is_complete)
         distributed.barrier(self.world)
         return step, path
 
-    def _restore(self, objective, optimizers) -> _Counters:
+    def _restore(self, objective, models, optimizers) -> _Counters:
         path = ckpt.find_resumable(self.run, self.say) if self.world.is_main else None
         path = distributed.broadcast_object(str(path) if path else None, self.world)
         if path is None:
@@ -387,16 +400,7 @@ class Trainer:
                 f"{path} was trained by objective {state.get('objective')!r}, this run is "
                 f"{objective.name!r}; resume with the recipe that made the run, or choose another --out"
             )
-        read = getattr(
-            objective, "read_model", None
-        )  # an objective that writes more than weights reads it back
-        for index, name in enumerate(objective.trainable):
-            folder = path if index == 0 else path / ckpt.MODELS / name
-            if read is not None:
-                read(name, folder)
-            else:
-                ckpt.read_module_into(objective.models[name], folder)
-            optimizers[name].load_state_dict(state["optimizers"][name])
+        step_state.restore(path, self.world, self.parallel, self.zero, objective, models, optimizers, state)
         objective.load_state_dict(state["objective_state"])
         ckpt.set_rng_states(state["rng"])
         self.say(f"resume: continuing from {path.name} (step {state['step']})")
@@ -404,9 +408,12 @@ class Trainer:
                          list(state["val_history"]))  # fmt: skip
 
     def _write_final(self, objective, counters: _Counters) -> Path:
-        if self.world.is_main:
-            with atomic_dir(self.run.final) as tmp:
-                extra = {"step": counters.step, "tokens": counters.tokens}
-                objective.write_model(objective.trainable[0], tmp, extra)
+        name = objective.trainable[0]
+        gathered = self.zero.gathered if self.zero is not None else parallel.gathered
+        with gathered(objective.models[name]):  # FSDP, ZeRO-3: whole weights for rank 0 (a collective)
+            if self.world.is_main:
+                with atomic_dir(self.run.final) as tmp:
+                    extra = {"step": counters.step, "tokens": counters.tokens}
+                    objective.write_model(name, tmp, extra)
         distributed.barrier(self.world)
         return self.run.final
