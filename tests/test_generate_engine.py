@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from scratchlm.errors import ScratchError
+from scratchlm.finetune.lora import LoRAConfig, apply_lora
 from scratchlm.generate import SamplingConfig, decode_steps, generate, generate_ids, generate_stream
+from scratchlm.generate.packed import PackedDecoder, can_pack
 from scratchlm.generate.stream import TextStream
 from scratchlm.model import ModelConfig, Transformer
 
@@ -31,16 +33,8 @@ class ByteTokenizer:
 def tiny_model(context=32, seed=0, **kw) -> Transformer:
     torch.manual_seed(seed)
     # A large init spreads the random model's logits, so greedy decoding wanders instead of repeating.
-    cfg = ModelConfig(
-        vocab_size=257,
-        context_length=context,
-        n_layers=2,
-        d_model=32,
-        n_heads=4,
-        n_kv_heads=2,
-        init_std=0.3,
-        **kw,
-    )
+    shape = dict(vocab_size=257, context_length=context, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2)
+    cfg = ModelConfig(**{**shape, "init_std": 0.3, **kw})
     return Transformer(cfg).eval()
 
 
@@ -223,3 +217,59 @@ def test_stream_with_a_trained_bpe_splitting_characters_into_bytes():
     stream.end()
     pieces.append(stream.take())
     assert "".join(pieces) == text and all("\ufffd" not in p for p in pieces)
+
+
+PACKED_VARIANTS = {
+    "gqa-qknorm": dict(qk_norm=True),
+    "mqa-reference": dict(n_kv_heads=1, attn_impl="reference"),
+    "learned-layernorm-gelu-bias": dict(
+        n_kv_heads=4, pos_encoding="learned", norm="layernorm", mlp="gelu", bias=True
+    ),
+    "sinusoidal-relu2": dict(pos_encoding="sinusoidal", mlp="relu2"),
+    "ngram": dict(ngram_orders=[2, 3], ngram_buckets=101),
+}
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("name", list(PACKED_VARIANTS))
+def test_packed_step_equals_the_model_forward_at_every_step_of_a_padded_batch(name, transposed):
+    model = tiny_model(**PACKED_VARIANTS[name])
+    decoder = PackedDecoder(model, transposed=transposed)
+    ids = torch.tensor([[0, 0, 0, 5, 17, 99], [200, 3, 3, 41, 8, 120]])  # row 0 left-padded
+    mask = ids != 0
+    mask[1] = True
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    feed = torch.randint(0, 257, (2, 20), generator=torch.Generator().manual_seed(3))
+    packed, forward = model.new_cache(2), model.new_cache(2)
+    with torch.no_grad():
+        for cache in (packed, forward):
+            model(ids, cache=cache, positions=positions, attention_mask=mask)
+        for t in range(feed.shape[1]):
+            got = decoder(feed[:, t : t + 1], packed)  # (B, 1, V)
+            want = model(feed[:, t : t + 1], cache=forward)
+            if transposed:  # the same products summed in another order
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            else:  # fusing alone changes no bit
+                assert torch.equal(got, want)
+    assert packed.length == forward.length and torch.equal(packed.next_position, forward.next_position)
+    assert torch.equal(packed.mask, forward.mask)
+
+
+@pytest.mark.parametrize("name", list(PACKED_VARIANTS))
+def test_packed_decoding_gives_the_ids_of_the_model_forward_and_of_full_recompute(name):
+    model = tiny_model(**PACKED_VARIANTS[name])
+    cfg = SamplingConfig(max_new_tokens=40, temperature=0)  # 7 + 40 > 32: the window slides too
+    packed = generate_ids(model, PROMPTS, cfg)
+    assert packed == generate_ids(model, PROMPTS, cfg, packed=False)
+    assert packed == generate_ids(model, PROMPTS, cfg, use_cache=False)
+    sampled = SamplingConfig(max_new_tokens=20, temperature=1.0, top_p=0.9, seed=5)
+    assert generate_ids(model, PROMPTS, sampled) == generate_ids(model, PROMPTS, sampled, packed=False)
+
+
+def test_models_the_packed_step_would_get_wrong_use_the_forward():
+    model = tiny_model(dropout=0.1)
+    assert can_pack(model) and not can_pack(model.train())  # dropout acts in training mode
+    lora = apply_lora(tiny_model(), LoRAConfig(rank=2))
+    assert not can_pack(lora)  # the adapters are outside the packed weights
+    cfg = SamplingConfig(max_new_tokens=10, temperature=0)
+    assert generate_ids(lora.eval(), PROMPTS, cfg) == generate_ids(lora, PROMPTS, cfg, use_cache=False)

@@ -177,15 +177,16 @@ def test_completions_stream_and_not_with_seed_n_and_stop(server, model, tokenize
     assert default.usage.completion_tokens <= 16  # OpenAI's completions default for max_tokens
 
 
-def slowed(monkeypatch, model, seconds: float) -> None:
-    """Sleep before every forward, so requests overlap (and a client can leave) however fast the machine."""
-    forward = model.forward
+def slowed(monkeypatch, scheduler, seconds: float) -> None:
+    """Sleep before every decode step, so requests overlap (and a client can leave) however fast the
+    machine is."""
+    decode = scheduler.decoder
 
-    def slow_forward(*args, **kwargs):
+    def slow_decode(*args):
         time.sleep(seconds)
-        return forward(*args, **kwargs)
+        return decode(*args)
 
-    monkeypatch.setattr(model, "forward", slow_forward)
+    monkeypatch.setattr(scheduler, "decoder", slow_decode)
 
 
 def test_concurrent_clients_each_get_their_lone_reply(server, model, tokenizer, monkeypatch):
@@ -198,7 +199,7 @@ def test_concurrent_clients_each_get_their_lone_reply(server, model, tokenizer, 
         ("x", dict(temperature=1.0, seed=2)),
     ]
     want = [chat_alone(model, tokenizer, q, max_new_tokens=40, **s) for q, s in asks]
-    slowed(monkeypatch, server.scheduler.model, 0.002)
+    slowed(monkeypatch, server.scheduler, 0.002)
     got: dict[int, str] = {}
     sizes = []
 
@@ -367,9 +368,7 @@ def test_a_full_queue_is_429(model_dir):
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_row(server, monkeypatch):
-    slowed(
-        monkeypatch, server.scheduler.model, 0.01
-    )  # 95 tokens take a second: the client leaves long before
+    slowed(monkeypatch, server.scheduler, 0.01)  # 95 tokens take a second: the client leaves long before
     body = {"model": "tiny-chat", "prompt": "go", "max_tokens": CONTEXT, "stream": True, "temperature": 0}
     with httpx.stream("POST", server.url + "/v1/completions", json=body) as r:
         lines = r.iter_lines()

@@ -2,9 +2,10 @@
 
 `decode_steps` is the one loop. It yields a `DecodeStep` per new token position: every row's token,
 its log-probabilities and, given a tokenizer, its printable text. Everything else is built on it:
-`generate_ids` collects the ids (and is what the tests hold against its slow twin: `use_cache=False`
-recomputes the whole window at every step), `generate_stream` starts from text prompts, and `generate`
-joins the streamed pieces into texts.
+`generate_ids` collects the ids (and is what the tests hold against its slow twins: `use_cache=False`
+recomputes the whole window at every step, `packed=False` runs the model's own forward with the cache
+where the default runs each one-token step through `PackedDecoder`), `generate_stream` starts from text
+prompts, and `generate` joins the streamed pieces into texts.
 
 A batch of prompts is left-padded into one `(B, S)` buffer: every row's newest token sits in the same
 column, so one forward serves them all. Pad slots are masked out of attention and each row counts its own
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from scratchlm.errors import ScratchError
+from scratchlm.generate.packed import PackedDecoder, can_pack
 from scratchlm.generate.sampling import SamplingConfig, make_generator, sample_next_logprobs
 from scratchlm.generate.stream import TextStream
 
@@ -80,13 +82,15 @@ def decode_steps(
     eot_id: int | None = None,
     use_cache: bool = True,
     vocab_limit: int | None = None,
+    packed: bool = True,
 ) -> Iterator[DecodeStep]:
     """Decode up to `config.max_new_tokens` steps after each prompt of token ids, yielding each step.
 
     A row finishes at `eot_id` (when `config.stop_at_eot`) or, given a `tokenizer` (None: ids only), at a
     stop string. It stops early once every row has finished. `vocab_limit` masks logits of ids the
     tokenizer cannot decode (a model vocabulary padded past it). Prompts are checked now, not on the first
-    `next`, so a bad one fails where it is passed.
+    `next`, so a bad one fails where it is passed. `packed`: one-token steps through `PackedDecoder`
+    (weights repacked at the call; the model's forward for a model it cannot pack, e.g. LoRA-wrapped).
     """
     if not prompts:
         return iter(())
@@ -95,7 +99,8 @@ def decode_steps(
     context = model.config.context_length
     prompts = [_fit_prompt(p, context, config.truncate, i) for i, p in enumerate(prompts)]
     streams = [TextStream(tokenizer, config.stop) for _ in prompts] if tokenizer is not None else None
-    return _decode(model, prompts, streams, config, eot_id, use_cache, vocab_limit)
+    decoder = PackedDecoder(model) if use_cache and packed and can_pack(model) else None
+    return _decode(model, prompts, streams, config, eot_id, use_cache, vocab_limit, decoder)
 
 
 @torch.inference_mode()
@@ -107,6 +112,7 @@ def _decode(
     eot_id: int | None,
     use_cache: bool,
     vocab_limit: int | None,
+    decoder: PackedDecoder | None,
 ) -> Iterator[DecodeStep]:
     context = model.config.context_length
     device = next(model.parameters()).device
@@ -138,12 +144,15 @@ def _decode(
         # Padded batches pass masks and positions explicitly; otherwise the model's defaults are the same
         # thing, and cheaper (no mask means SDPA's causal fast path).
         window = slice(cached if use_cache else 0, length)
-        logits = model(
-            tokens[:, window],
-            cache=cache,
-            positions=positions[:, window] if padded else None,
-            attention_mask=mask[:, :length] if padded else None,
-        )  # (B, T, V)
+        if decoder is not None and cached == length - 1:  # one new token: the cache knows pads, positions
+            logits = decoder(tokens[:, window], cache)  # (B, 1, V)
+        else:
+            logits = model(
+                tokens[:, window],
+                cache=cache,
+                positions=positions[:, window] if padded else None,
+                attention_mask=mask[:, :length] if padded else None,
+            )  # (B, T, V)
         raw = logits[:, -1].float()  # (B, V)
         last = raw
         if vocab_limit is not None and vocab_limit < last.size(-1):
@@ -202,6 +211,7 @@ def generate_ids(
     eot_id: int | None = None,
     use_cache: bool = True,
     vocab_limit: int | None = None,
+    packed: bool = True,
 ) -> list[list[int]]:
     """Decode up to `config.max_new_tokens` tokens after each prompt; returns the new ids per row.
 
@@ -210,7 +220,14 @@ def generate_ids(
     out: list[list[int]] = [[] for _ in prompts]
     ended = [False] * len(prompts)
     steps = decode_steps(
-        model, None, prompts, config, eot_id=eot_id, use_cache=use_cache, vocab_limit=vocab_limit
+        model,
+        None,
+        prompts,
+        config,
+        eot_id=eot_id,
+        use_cache=use_cache,
+        vocab_limit=vocab_limit,
+        packed=packed,
     )
     for step in steps:
         for row, (tok, finished) in enumerate(zip(step.token_ids, step.finished)):

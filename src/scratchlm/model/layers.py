@@ -63,10 +63,11 @@ class PlainMLP(nn.Module):
         self.up_proj = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
         self.down_proj = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
 
+    def activation(self, h: torch.Tensor) -> torch.Tensor:
+        return F.gelu(h, approximate="tanh") if self.kind == "gelu" else F.relu(h).square()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, T, d)
-        h = self.up_proj(x)
-        h = F.gelu(h, approximate="tanh") if self.kind == "gelu" else F.relu(h).square()
-        return self.down_proj(h)
+        return self.down_proj(self.activation(self.up_proj(x)))
 
 
 def make_mlp(config: ModelConfig) -> nn.Module:

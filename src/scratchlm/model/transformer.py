@@ -200,16 +200,10 @@ class Transformer(nn.Module):
         if document_ids is None:
             attn_mask, is_causal = self._attention_mask(key_mask, past, T, device)
 
-        x = self.token_embedding(input_ids)  # (B, T, d)
-        if cfg.ngram_orders:
-            x = x + self.ngram_embedding(input_ids, positions, self._earlier_tokens(cache))
+        x = self.embed(input_ids, positions, cache)  # (B, T, d)
         rope = None
         if cfg.pos_encoding == "rope":
             rope = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, x.dtype)  # 2 x (B, 1, T, hd)
-        elif cfg.pos_encoding == "learned":
-            x = x + self.position_embedding(positions)
-        else:
-            x = x + sinusoidal_embedding(positions, cfg.d_model).to(x.dtype)
         x = self.embed_dropout(x)
         for block in self.layers:
             x = block(x, rope, attn_mask, is_causal, cache)
@@ -218,6 +212,24 @@ class Transformer(nn.Module):
             ids = input_ids if cfg.ngram_orders else None  # only n-gram embeddings read them back
             cache.advance(T, positions, new_mask, ids)
         return self.final_norm(x)  # (B, T, d)
+
+    def embed(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """(B, T) ids at (B, T) positions -> (B, T, d_model): the token embedding, plus the n-gram and the
+        learned or sinusoidal position embeddings where the model has them (RoPE acts in attention).
+
+        `cache`: what came before the ids, for the n-gram embedding's look-back.
+        """
+        cfg = self.config
+        x = self.token_embedding(input_ids)  # (B, T, d)
+        if cfg.ngram_orders:
+            x = x + self.ngram_embedding(input_ids, positions, self._earlier_tokens(cache))
+        if cfg.pos_encoding == "learned":
+            x = x + self.position_embedding(positions)
+        elif cfg.pos_encoding == "sinusoidal":
+            x = x + sinusoidal_embedding(positions, cfg.d_model).to(x.dtype)
+        return x
 
     def _earlier_tokens(self, cache: KVCache | None) -> torch.Tensor | None:
         """The last tokens a KV cache holds, as many as the n-gram embedding looks back (or None)."""

@@ -32,6 +32,7 @@ import torch
 
 from scratchlm.errors import ScratchError
 from scratchlm.generate.config import SamplingConfig
+from scratchlm.generate.packed import PackedDecoder, can_pack
 from scratchlm.generate.sampling import make_generator, sample_next_logprobs
 from scratchlm.generate.stream import TextStream
 from scratchlm.serve.slots import BatchSlots
@@ -95,6 +96,9 @@ class Scheduler:
         self.waiting: deque[list[Sequence]] = deque()  # whole requests: their choices join together
         self.live: list[Sequence] = []  # row i of the batch cache is live[i]
         self.slots = BatchSlots(model, max_batch)
+        # Decode steps through the repacked weights, as `decode_steps` takes them (a server's weights do
+        # not change, so they are packed once); prefill stays with the model's forward in both.
+        self.decoder = PackedDecoder(model) if can_pack(model) else None
         self._wake = threading.Condition()
         self._stop = False
         self._draining = False
@@ -225,7 +229,11 @@ class Scheduler:
         if self.slots.length == self.slots.max_len:
             self.slots.compact()  # a row reaching the context has finished, so some pad can go
         tokens = torch.tensor([[s.last_token] for s in self.live], device=self.device)  # (B, 1)
-        logits = self.model(tokens, cache=self.slots.cache)[:, -1].float()  # (B, V)
+        if self.decoder is not None:
+            logits = self.decoder(tokens, self.slots.cache)  # (B, 1, V)
+        else:
+            logits = self.model(tokens, cache=self.slots.cache)
+        logits = logits[:, -1].float()  # (B, V)
         picks = self._sample(logits, self.live)
         for row in reversed(range(len(self.live))):  # leaving moves the last row: walk from the end
             seq = self.live[row]

@@ -18,7 +18,6 @@ import math
 
 import numpy as np
 import torch
-from torch.distributed.tensor import DTensor
 
 from scratchlm.eval.scoring import rolling_windows, score_continuations
 from scratchlm.generate.config import SamplingConfig
@@ -74,11 +73,9 @@ def sample_text(model, tokenizer, prompt: str, n_tokens: int, temperature: float
     engine_log = logging.getLogger("scratchlm.generate.engine")
     level = engine_log.level
     engine_log.setLevel(logging.ERROR)
-    # Sharded weights (FSDP's DTensors, ZeRO-3's `ds_id` parameters) decode through the model's own
-    # forward, where each block's weights are gathered; the cached one-token path (generate.packed) reads
-    # the blocks' weights around those hooks.
-    sharded = any(isinstance(p, DTensor) or hasattr(p, "ds_id") for p in model.parameters())
     try:
-        return generate(model, tokenizer, [prompt], config, use_cache=not sharded)[0]
+        # Sharded weights (FSDP, ZeRO-3) decode through the model's own forward, whose hooks gather each
+        # block's weights: `decode_steps` packs only whole ones (generate.packed.can_pack).
+        return generate(model, tokenizer, [prompt], config)[0]
     finally:
         engine_log.setLevel(level)
