@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import sys
 import time
 from pathlib import Path
@@ -44,11 +45,12 @@ async def measure(server, clients: int, tokens: int, usage: bool) -> dict:
         for _ in range(2):
             r = await stream_completion(client, server, PROMPT, tokens, usage)
             single.append(r.tokens / r.seconds)
-        start = time.perf_counter()
+        cpu, start = _cpu_seconds(), time.perf_counter()
         results = await asyncio.gather(
             *(stream_completion(client, server, PROMPT, tokens, usage) for _ in range(clients))
         )
         wall = time.perf_counter() - start
+        client_cpu = _cpu_seconds() - cpu
     failed = [r for r in results if r.status != 200 or r.error]
     ttfts = [r.ttft for r in results if r.ttft is not None]
     total = sum(r.tokens for r in results)
@@ -61,7 +63,13 @@ async def measure(server, clients: int, tokens: int, usage: bool) -> dict:
         "tokens": total,
         "failed": len(failed),
         "wall": wall,
+        "client_cpu": client_cpu / wall,  # cores this load generator itself kept busy, of the machine's 2
     }
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -69,7 +77,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-serve"))
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of each server")
+    parser.add_argument(
+        "--threads", type=int, help="OMP_NUM_THREADS of each server (default: ours picks, HF's torch picks)"
+    )
     parser.add_argument("--no-hf", action="store_true", help="skip transformers serve")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -109,7 +119,7 @@ def main() -> None:
 
     print(
         f"\n{args.clients} streaming clients x {args.tokens} tokens, greedy, llama-10m, "
-        f"{args.threads} threads a server"
+        f"threads: {args.threads or 'each server picks'}"
     )
     print("| server | 1 client tok/s | 16 clients tok/s | ratio | TTFT p50 | TTFT p99 | failed |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

@@ -71,8 +71,12 @@ class Server:
             self.proc.kill()
 
 
-def start_server(cmd: list[str], model: str, port: int, threads: int, log: Path) -> Server:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+def start_server(cmd: list[str], model: str, port: int, threads: int | None, log: Path) -> Server:
+    """Start `cmd`; `threads` sets OMP_NUM_THREADS for it (None: the server's own choice)."""
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     out = open(log, "w")  # noqa: SIM115 (the process owns it)
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"

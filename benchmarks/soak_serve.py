@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-serve"))
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the server (default: its choice)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     ours_dir, _ = prepare_model(args.work)

@@ -124,3 +124,16 @@ def test_binding_beyond_localhost_without_a_key_warns(model_dir, monkeypatch):
     said.clear()
     serve(ServeConfig(ckpt=str(model_dir), host="0.0.0.0", api_key="k", device="cpu"), say=said.append)
     assert not any("no API key" in line for line in said)
+
+
+def test_a_cpu_server_leaves_one_core_to_the_http_side(monkeypatch):
+    from scratchlm.serve.server import cpu_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert cpu_threads(ServeConfig(ckpt="m")) == 7
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert cpu_threads(ServeConfig(ckpt="m")) == 1
+    assert cpu_threads(ServeConfig(ckpt="m", threads=3)) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert cpu_threads(ServeConfig(ckpt="m")) is None  # the user's setting stands

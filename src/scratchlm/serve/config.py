@@ -38,12 +38,19 @@ class ServeConfig:
     drain_seconds: float = field(
         default=30.0, metadata={"help": "on SIGTERM, how long in-flight requests may still run"}
     )
+    threads: int | None = field(
+        default=None,
+        metadata={"help": "torch threads on a CPU (default: $OMP_NUM_THREADS, else one core fewer than the "
+                          "machine has: the HTTP side keeps one)"},
+    )  # fmt: skip
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N | mps"})
     dtype: Literal["auto", "float32", "bfloat16"] = field(
         default="auto", metadata={"help": "auto: bf16 on CUDA, else fp32"}
     )
 
     def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ScratchError(f"--threads must be >= 1, got {self.threads}")
         for name in ("max_batch", "max_queue", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ScratchError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
