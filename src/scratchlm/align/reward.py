@@ -91,7 +91,8 @@ def save_reward_model(folder: str | Path, model: RewardModel, tokenizer, extra: 
 def write_reward_files(folder: Path, model: RewardModel, tokenizer, extra: dict | None = None) -> dict:
     """The head first, so the model folder's manifest (written last) hashes it with the rest."""
     folder.mkdir(parents=True, exist_ok=True)
-    save_safetensors({"score.weight": model.score.weight.detach().contiguous().cpu()}, folder / HEAD)
+    head = model.score.state_dict()["weight"]  # through state_dict: whole under FSDP's `gathered`
+    save_safetensors({"score.weight": head.detach().contiguous().cpu()}, folder / HEAD)
     return write_model_files(folder, model.body, tokenizer, extra={**(extra or {}), "kind": KIND})
 
 

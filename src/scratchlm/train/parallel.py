@@ -150,12 +150,22 @@ def gathered(model: nn.Module):
         return
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
-    def whole(module, state, prefix, local_metadata):
-        for key in state:
-            state[key] = full[key[len(prefix) :]]
+    def whole(name: str):
+        def hook(module, state, prefix, local_metadata):
+            for key in state:
+                if key.startswith(prefix):
+                    state[key] = full[name + key[len(prefix) :]]
 
-    handle = model._register_state_dict_hook(whole)  # nn.Module's post-hook: runs after the whole tree
+        return hook
+
+    # On every module, not the root alone: a writer may ask a part for its state (a reward model's body
+    # and its head are written apart). nn.Module's post-hook runs after that module's subtree.
+    handles = [
+        module._register_state_dict_hook(whole(f"{name}." if name else ""))
+        for name, module in model.named_modules()
+    ]
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
