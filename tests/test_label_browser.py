@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
-import threading
 from pathlib import Path
 
 import pytest
-import uvicorn
+from http_support import serving
 from playwright.sync_api import expect, sync_playwright
 from test_label import K, babbler, chat_tokenizer
 
@@ -46,20 +44,8 @@ def server(tmp_path):
     sample = functools.partial(sample_answers, model, tokenizer, k=K, sampling=sampling, batch_size=1)
     out = tmp_path / "prefs.jsonl"
     app = create_app(LabelQueue(PROMPTS, out, sample, K))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))  # held open and handed to uvicorn: no race for the port
-    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        while not uv.started and thread.is_alive():
-            thread.join(0.02)
-        assert uv.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/", out
-    finally:
-        uv.should_exit = True
-        thread.join(10)
-        sock.close()
+    with serving(app) as url:
+        yield url + "/", out
 
 
 @pytest.fixture

@@ -14,12 +14,11 @@ import httpx
 import openai
 import pytest
 import torch
-import uvicorn
+from http_support import random_model, serving
 
 from scratchlm.data.chat import render_chat
 from scratchlm.generate import SamplingConfig, decode_steps
 from scratchlm.generate.chat import ChatSession
-from scratchlm.model import ModelConfig, Transformer
 from scratchlm.model.folder import save_model
 from scratchlm.serve.config import ServeConfig
 from scratchlm.serve.server import build
@@ -36,17 +35,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    torch.manual_seed(1)
-    config = ModelConfig(
-        vocab_size=tokenizer.vocab_size,
-        context_length=CONTEXT,
-        n_layers=2,
-        d_model=32,
-        n_heads=4,
-        n_kv_heads=2,
-        init_std=0.3,  # a random model with spread logits: its text wanders
-    )
-    model = Transformer(config).eval()
+    model = random_model(tokenizer, CONTEXT, seed=1)
     with torch.no_grad():  # rarely end a turn, so replies run long enough to batch and to stream
         for token in (ENDOFTEXT, *CHAT_SPECIAL_TOKENS):
             model.lm_head.weight[tokenizer.special_tokens[token]] *= 0.0
@@ -59,25 +48,17 @@ def model_dir(model, tokenizer, tmp_path_factory):
 
 
 class Running:
-    """A server on 127.0.0.1 and a free port, in a thread of this process."""
+    """`scratchlm serve`'s app over a model folder, on 127.0.0.1 and a free port, in a thread."""
 
     def __init__(self, model_dir, **overrides):
-        config = ServeConfig(ckpt=str(model_dir), port=8000, device="cpu", **overrides)
+        config = ServeConfig(ckpt=str(model_dir), device="cpu", **overrides)
         self.app, self.scheduler, self.name = build(config)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        for _ in range(200):
-            if self.server.started:
-                break
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self._serving = serving(self.app)
+        self.url = self._serving.__enter__()
         self.client = openai.OpenAI(base_url=self.url + "/v1", api_key=overrides.get("api_key") or "none")
 
     def close(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self._serving.__exit__(None, None, None)
         self.scheduler.stop()
 
 

@@ -9,14 +9,12 @@ when asked (and the server must drop its row), stay in the history sent with the
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
-import uvicorn
+from http_support import serving
 from playwright.sync_api import expect, sync_playwright
 
 from scratchlm.data.chat import ASSISTANT
@@ -81,20 +79,10 @@ def server():
     scheduler.start()
     config = ServeConfig(ckpt="unused", device="cpu", api_key=KEY)
     app = create_app(scheduler, config, NAME, ServerMetrics())
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))  # held open and handed to uvicorn: no race for the port
-    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
     try:
-        while not uv.started and thread.is_alive():
-            thread.join(0.02)
-        assert uv.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/", scheduler
+        with serving(app) as url:
+            yield url + "/", scheduler
     finally:
-        uv.should_exit = True
-        thread.join(10)
-        sock.close()
         scheduler.stop()
 
 

@@ -11,10 +11,10 @@ import threading
 
 import pytest
 import torch
+from http_support import random_model
 
 from scratchlm.errors import ScratchError
 from scratchlm.generate import SamplingConfig, decode_steps
-from scratchlm.model import ModelConfig, Transformer
 from scratchlm.serve.scheduler import QueueFull, Scheduler, Sequence
 from scratchlm.serve.slots import BatchSlots
 from scratchlm.tokenizer import CHAT_SPECIAL_TOKENS, ENDOFTEXT, train_char
@@ -30,17 +30,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    torch.manual_seed(0)
-    config = ModelConfig(
-        vocab_size=tokenizer.vocab_size,
-        context_length=CONTEXT,
-        n_layers=2,
-        d_model=32,
-        n_heads=4,
-        n_kv_heads=2,
-        init_std=0.3,  # spread logits: a random model's greedy text wanders instead of repeating
-    )
-    return Transformer(config).eval()
+    return random_model(tokenizer, CONTEXT, seed=0)
 
 
 def alone(model, tokenizer, prompt: list[int], sampling: SamplingConfig) -> tuple[str, str]:

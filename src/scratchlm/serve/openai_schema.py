@@ -129,30 +129,21 @@ def completion_response(rid, model, texts, reasons, prompt_tokens, completion_to
     return body
 
 
-def chat_chunk(rid, model, created, index, delta, finish_reason=None, with_usage=False) -> dict:
-    chunk = {
-        "id": rid,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-    }
+def _chunk(rid, model, created, object_: str, choice: dict, with_usage: bool) -> dict:
+    chunk = {"id": rid, "object": object_, "created": created, "model": model, "choices": [choice]}
     if with_usage:
         chunk["usage"] = None  # every chunk carries the key; only the last one a value
     return chunk
 
 
+def chat_chunk(rid, model, created, index, delta, finish_reason=None, with_usage=False) -> dict:
+    choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    return _chunk(rid, model, created, "chat.completion.chunk", choice, with_usage)
+
+
 def completion_chunk(rid, model, created, index, text, finish_reason=None, with_usage=False) -> dict:
-    chunk = {
-        "id": rid,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}],
-    }
-    if with_usage:
-        chunk["usage"] = None
-    return chunk
+    choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    return _chunk(rid, model, created, "text_completion", choice, with_usage)
 
 
 def usage_chunk(rid, model, created, object_: str, prompt_tokens, completion_tokens) -> dict:
