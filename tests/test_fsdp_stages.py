@@ -57,3 +57,17 @@ def test_dpo_under_fsdp_on_two_processes_matches_one(setup, tmp_path):  # noqa: 
 def test_the_reward_model_under_fsdp_on_two_processes_matches_one(reward_base, tmp_path):  # noqa: F811
     values = reward_settings(reward_base, STEPS, **{"data.batch_size": 4, "checkpoint.every": STEPS})
     one_then_two(["reward", "train"], values, tmp_path)
+
+
+@pytest.mark.parametrize("stage", ["ppo", "grpo", "rloo"])
+@pytest.mark.parametrize("mode", ["fsdp", "deepspeed"])
+def test_rollout_stages_refuse_sharding_in_one_line(stage, mode, capsys):
+    """Their ranks decode different numbers of steps, and a sharded forward is a collective: it would hang."""
+    needs = {
+        "ppo": ["--policy", "p", "--reward", "r", "--prompts", "task:arithmetic"],
+        "grpo": [],
+        "rloo": [],
+    }
+    code = main([stage, "--out", "unused", *needs[stage], "--set", "policy=p", "--set", f"parallel={mode}"])
+    assert code == 2
+    assert f"parallel {mode} is not supported" in capsys.readouterr().err

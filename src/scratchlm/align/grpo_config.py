@@ -14,7 +14,13 @@ from pathlib import Path
 from scratchlm.align.grpo import LOSS_TYPES, SCALES
 from scratchlm.data.tasks import get_task
 from scratchlm.errors import ScratchError
-from scratchlm.train.config import BudgetConfig, EvalConfig, TrainingSections, load_stage_config
+from scratchlm.train.config import (
+    BudgetConfig,
+    EvalConfig,
+    TrainingSections,
+    load_stage_config,
+    refuse_sharded,
+)
 from scratchlm.train.optim import OptimConfig
 
 ALGORITHMS = ("grpo", "rloo")
@@ -97,6 +103,7 @@ class GRPOConfig(TrainingSections):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        refuse_sharded(self.algorithm, self.parallel)
         require_choice("algorithm", self.algorithm, ALGORITHMS)
         if not self.tasks:
             raise ScratchError("grpo: no tasks; pass --task SPEC (e.g. arithmetic:digits=3,op=+)")

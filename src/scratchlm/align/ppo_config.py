@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scratchlm.errors import ScratchError
-from scratchlm.train.config import BudgetConfig, EvalConfig, OptimConfig, TrainingSections, load_stage_config
+from scratchlm.train.config import (
+    BudgetConfig,
+    EvalConfig,
+    OptimConfig,
+    TrainingSections,
+    load_stage_config,
+    refuse_sharded,
+)
 
 
 @dataclass
@@ -75,6 +82,10 @@ class PPOConfig(TrainingSections):
     eval: PPOEvalConfig = field(default_factory=PPOEvalConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adamw", lr=1e-4))
     budget: BudgetConfig = field(default_factory=lambda: BudgetConfig(max_steps=160))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        refuse_sharded("ppo", self.parallel)
 
 
 def load_ppo_config(

@@ -285,3 +285,13 @@ def check_budget(cfg: PretrainConfig) -> None:
         raise ScratchError(
             "no budget: set budget.max_steps, budget.max_tokens or budget.max_time (--max-time)"
         )
+
+
+def refuse_sharded(stage: str, parallel: str) -> None:
+    """Rollouts decode as many steps as their longest answer, which differs between ranks; under FSDP or
+    DeepSpeed every forward is a collective, so the ranks would wait on each other for ever."""
+    if parallel in ("fsdp", "deepspeed"):
+        raise ScratchError(
+            f"{stage}: parallel {parallel} is not supported (each rank's rollouts decode a different number "
+            "of steps, and a sharded forward is a collective); use parallel: ddp"
+        )
