@@ -230,17 +230,20 @@ PACKED_VARIANTS = {
 }
 
 
+@pytest.mark.parametrize("rows", [1, 2])  # one row: `x @ w`; several: oneDNN's prepacked weights
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("name", list(PACKED_VARIANTS))
-def test_packed_step_equals_the_model_forward_at_every_step_of_a_padded_batch(name, transposed):
+def test_packed_step_equals_the_model_forward_at_every_step_of_a_padded_batch(name, transposed, rows):
     model = tiny_model(**PACKED_VARIANTS[name])
     decoder = PackedDecoder(model, transposed=transposed)
-    ids = torch.tensor([[0, 0, 0, 5, 17, 99], [200, 3, 3, 41, 8, 120]])  # row 0 left-padded
+    ids = torch.tensor([[0, 0, 0, 5, 17, 99], [200, 3, 3, 41, 8, 120]])[
+        -rows:
+    ]  # the 2-row batch: row 0 padded
     mask = ids != 0
-    mask[1] = True
+    mask[-1] = True
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    feed = torch.randint(0, 257, (2, 20), generator=torch.Generator().manual_seed(3))
-    packed, forward = model.new_cache(2), model.new_cache(2)
+    feed = torch.randint(0, 257, (rows, 20), generator=torch.Generator().manual_seed(3))
+    packed, forward = model.new_cache(rows), model.new_cache(rows)
     with torch.no_grad():
         for cache in (packed, forward):
             model(ids, cache=cache, positions=positions, attention_mask=mask)
@@ -253,6 +256,7 @@ def test_packed_step_equals_the_model_forward_at_every_step_of_a_padded_batch(na
                 assert torch.equal(got, want)
     assert packed.length == forward.length and torch.equal(packed.next_position, forward.next_position)
     assert torch.equal(packed.mask, forward.mask)
+    assert (decoder._rows is not None) == (transposed and rows > 1)  # the oneDNN path is the one tested
 
 
 @pytest.mark.parametrize("name", list(PACKED_VARIANTS))

@@ -66,6 +66,21 @@ def can_pack(model: nn.Module) -> bool:
     return type(model.lm_head) is nn.Linear
 
 
+ROWS_HINT = 16  # the batch oneDNN's weight layout is chosen for (the server's default rows)
+
+
+def _onednn_can_pack(model: nn.Module) -> bool:
+    """float32 weights on a CPU whose torch has oneDNN's prepacked linear."""
+    weight = model.lm_head.weight
+    ops = getattr(torch.ops, "mkldnn", None)
+    return (
+        weight.device.type == "cpu"
+        and weight.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and hasattr(ops, "_reorder_linear_weight")
+    )
+
+
 def _sharded(parameter: torch.Tensor) -> bool:
     """An FSDP2 DTensor shard, or a DeepSpeed ZeRO-3 partition (which carries `ds_id`). DTensor is looked
     up only if something imported it (importing it costs 0.7 s; without it no parameter can be one)."""
@@ -106,6 +121,11 @@ class PackedDecoder:
                 )
             self.head = self._pack(model.lm_head)
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None  # (slots, hd) each
+        # Several rows: oneDNN with its own prepacked weights, built at the first batched step (one more
+        # copy of the weights). Measured at llama-10m's shapes, 1 thread (docs/experiments.md, session 5):
+        # 148 vs 186 us a projection at 16 rows, 140 vs 389 for the head at 4; at 1 row `x @ w` is faster.
+        self._rows: dict[int, torch.Tensor] | None = None
+        self._rows_usable = transposed and _onednn_can_pack(model)
 
     def _pack(self, *linears: nn.Linear) -> Projection:
         weight = torch.cat([m.weight for m in linears]) if len(linears) > 1 else linears[0].weight
@@ -117,7 +137,21 @@ class PackedDecoder:
         weight, bias = projection
         if not self.transposed:
             return F.linear(x, weight, bias)
+        if x.shape[0] > 1 and self._rows_usable:
+            packed = self._rows_packed()[id(weight)]
+            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
         return x @ weight if bias is None else torch.addmm(bias, x, weight)
+
+    def _rows_packed(self) -> dict[int, torch.Tensor]:
+        """oneDNN's layout of every projection, by the id of its [in, out] weight (made once)."""
+        if self._rows is None:
+            projections = [self.head] + [p for b in self.blocks for p in (b.qkv, b.o, b.up, b.down)]
+            with torch.no_grad():
+                self._rows = {
+                    id(w): torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), ROWS_HINT)
+                    for w, _ in projections
+                }
+        return self._rows
 
     @staticmethod
     def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
