@@ -90,21 +90,15 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     }
 
 
-def chat_response(rid, model, texts, reasons, prompt_tokens, completion_tokens, notice=None) -> dict:
+def _response(
+    rid, model, object_: str, choices: list[dict], prompt_tokens, completion_tokens, notice
+) -> dict:
     body = {
         "id": rid,
-        "object": "chat.completion",
+        "object": object_,
         "created": now(),
         "model": model,
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": reason,
-            }
-            for i, (text, reason) in enumerate(zip(texts, reasons))
-        ],
+        "choices": choices,
         "usage": usage(prompt_tokens, completion_tokens),
     }
     if notice:
@@ -112,21 +106,25 @@ def chat_response(rid, model, texts, reasons, prompt_tokens, completion_tokens, 
     return body
 
 
+def chat_response(rid, model, texts, reasons, prompt_tokens, completion_tokens, notice=None) -> dict:
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": text, "refusal": None},
+            "logprobs": None,
+            "finish_reason": reason,
+        }
+        for i, (text, reason) in enumerate(zip(texts, reasons))
+    ]
+    return _response(rid, model, "chat.completion", choices, prompt_tokens, completion_tokens, notice)
+
+
 def completion_response(rid, model, texts, reasons, prompt_tokens, completion_tokens, notice=None) -> dict:
-    body = {
-        "id": rid,
-        "object": "text_completion",
-        "created": now(),
-        "model": model,
-        "choices": [
-            {"index": i, "text": text, "logprobs": None, "finish_reason": reason}
-            for i, (text, reason) in enumerate(zip(texts, reasons))
-        ],
-        "usage": usage(prompt_tokens, completion_tokens),
-    }
-    if notice:
-        body["notice"] = notice
-    return body
+    choices = [
+        {"index": i, "text": text, "logprobs": None, "finish_reason": reason}
+        for i, (text, reason) in enumerate(zip(texts, reasons))
+    ]
+    return _response(rid, model, "text_completion", choices, prompt_tokens, completion_tokens, notice)
 
 
 def _chunk(rid, model, created, object_: str, choice: dict, with_usage: bool) -> dict:

@@ -102,6 +102,7 @@ class Scheduler:
         self._wake = threading.Condition()
         self._stop = False
         self._draining = False
+        self._abort_all = False  # drain's timeout passed: end everything at the loop's next turn
         self._thread: threading.Thread | None = None
 
     # --- the caller's side (any thread) -------------------------------------------------------------
@@ -166,8 +167,6 @@ class Scheduler:
             self._thread.join(timeout=10)
 
     # --- the loop (the scheduler's thread) ----------------------------------------------------------
-
-    _abort_all = False
 
     def _run(self) -> None:
         while True:
