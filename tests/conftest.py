@@ -8,12 +8,13 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+# shakespeare_path is re-exported: test_eval_tasks.py still imports it from here.
+from support.paths import ROOT, shakespeare_path  # noqa: F401
+
 _mirror = ROOT.parent / "shared" / "data"
 if "SCRATCHLM_DATA" not in os.environ and _mirror.is_dir():
     os.environ["SCRATCHLM_DATA"] = str(_mirror)
@@ -28,10 +29,3 @@ torch.set_num_threads(1)
 def _isolated_cache(tmp_path_factory):
     os.environ["SCRATCHLM_CACHE"] = str(tmp_path_factory.mktemp("scratchlm-cache"))
     yield
-
-
-def shakespeare_path() -> Path | None:
-    """The Tiny Shakespeare mirror file, or None when the mirror is absent."""
-    mirror = os.environ.get("SCRATCHLM_DATA")
-    path = Path(mirror) / "tinyshakespeare.txt" if mirror else None
-    return path if path and path.is_file() else None

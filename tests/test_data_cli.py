@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import shakespeare_path
+from support.paths import shakespeare_path
 
 from scratchlm.cli import main
 from scratchlm.data import TokenLoader, read_manifest

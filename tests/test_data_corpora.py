@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import shakespeare_path
+from support.paths import shakespeare_path
 
 from scratchlm.data import load_corpus, registry
 from scratchlm.data.registry import REGISTRY, NamedCorpus, fetch

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import shakespeare_path
+from support.paths import shakespeare_path
 
 from scratchlm.data import load_corpus
 from scratchlm.data.tasks import (

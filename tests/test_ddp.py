@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from test_train_support import (  # noqa: F401
+from support.training import (
     ROOT,
     eval_losses,
     tiny_corpus,

@@ -15,8 +15,8 @@ import sys
 
 import pytest
 import torch
+from support.training import check, sets, tiny_corpus, tiny_overrides, torchrun, train_losses, weights
 from test_fsdp import MODEL
-from test_train_support import check, sets, tiny_corpus, tiny_overrides, torchrun, train_losses, weights
 
 from scratchlm.cli import main
 from scratchlm.train import checkpoint as ckpt

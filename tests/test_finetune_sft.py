@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_train_support import tiny_corpus, tiny_overrides  # noqa: F401 (fixture)
+from support.training import tiny_corpus, tiny_overrides
 
 from scratchlm.data.chat import render_chat
 from scratchlm.data.packing import IGNORE, example, pack

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 import torch
-from test_train_support import (
+from support.training import (
     check,
     eval_losses,
     sets,

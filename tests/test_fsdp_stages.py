@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.training import check, sets, torchrun, train_losses
 from test_dpo import _settings as _dpo_settings
 from test_dpo import setup as setup  # noqa: F401 (the fixture)
 from test_finetune_sft import _sft_settings
 from test_finetune_sft import base as base  # noqa: F401 (the fixture)
 from test_reward_model import base as reward_base  # noqa: F401 (the fixture)
 from test_reward_model import settings as reward_settings
-from test_train_support import check, sets, torchrun, train_losses
 
 from scratchlm.align.reward import load_reward_model
 from scratchlm.cli import main

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import shakespeare_path
+from support.paths import shakespeare_path
 
 from scratchlm.errors import ScratchError
 from scratchlm.interop.hf import export_hf

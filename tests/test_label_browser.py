@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 import pytest
-from http_support import serving
 from playwright.sync_api import expect, sync_playwright
+from support.serving import serving
 from test_label import K, babbler, chat_tokenizer
 
 from scratchlm.align.simulate import sample_answers

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
-from test_data_fakes import ByteTokenizer
+from support.fake_tokenizer import ByteTokenizer
 
 from scratchlm.data import Corpus, TokenLoader, load_tokens, prepare
 from scratchlm.errors import ScratchError

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from test_train_support import ROOT, eval_losses, tiny_corpus, tiny_overrides, train_losses
+from support.training import ROOT, eval_losses, tiny_corpus, tiny_overrides, train_losses
 
 from scratchlm.train import load_pretrain_config, pretrain
 from scratchlm.train.run_dir import RunDir

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from support.training import tiny_corpus, tiny_overrides
 from torch import nn
 
 from scratchlm.errors import ScratchError
@@ -241,8 +242,6 @@ def test_muon_momentum_warmup_ramps_linearly_then_holds():
 
 
 def test_the_loop_gives_muon_the_warmed_up_momentum(tmp_path, monkeypatch):
-    from test_train_support import tiny_corpus, tiny_overrides
-
     from scratchlm.train import load_pretrain_config, pretrain
 
     class Factory:  # tiny_corpus wants a tmp_path_factory

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from test_train_support import check, run_python, tiny_corpus, tiny_overrides  # noqa: F401
+from support.training import check, run_python, tiny_corpus, tiny_overrides
 
 from scratchlm.align.ppo import (
     AdaptiveKL,

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import shakespeare_path
+from support.paths import shakespeare_path
 
 from scratchlm.cli import main
 from scratchlm.data import load_corpus

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from test_train_support import run_python
+from support.training import run_python
 
 from scratchlm.align import reward_objective
 from scratchlm.align.reward import RewardModel, last_token, load_reward_model, pad_id

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_train_support import tiny_corpus, tiny_overrides  # noqa: F401 (fixture)
+from support.training import tiny_corpus, tiny_overrides
 
 from scratchlm.cli import main
 from scratchlm.errors import ScratchError

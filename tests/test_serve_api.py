@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 import torch
-from http_support import random_model, serving
+from support.serving import random_model, serving
 
 from scratchlm.data.chat import render_chat
 from scratchlm.generate import SamplingConfig, decode_steps

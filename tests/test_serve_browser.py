@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from http_support import serving
 from playwright.sync_api import expect, sync_playwright
+from support.serving import serving
 
 from scratchlm.data.chat import ASSISTANT
 from scratchlm.model import ModelConfig, Transformer

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 import torch
-from http_support import random_model
+from support.serving import random_model
 
 from scratchlm.errors import ScratchError
 from scratchlm.generate import SamplingConfig, decode_steps

@@ -9,8 +9,8 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import shakespeare_path
-from test_data_fakes import EOT, ByteTokenizer
+from support.fake_tokenizer import EOT, ByteTokenizer
+from support.paths import shakespeare_path
 
 from scratchlm.data import Corpus, TokenLoader, load_corpus, load_tokens, prepare, read_manifest, shards
 from scratchlm.errors import ScratchError
@@ -110,7 +110,7 @@ def test_loader_refuses_foreign_or_damaged_shards(tmp_path):
 KILLED_PREPARE = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
-from test_data_fakes import ByteTokenizer
+from support.fake_tokenizer import ByteTokenizer
 from scratchlm.data import Corpus, prepare, shards
 
 def die(*args, **kwargs):  # the worst moment: every shard written, the manifest not yet

@@ -7,9 +7,9 @@ import json
 from collections import Counter
 
 import pytest
-from conftest import shakespeare_path
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.paths import shakespeare_path
 
 from scratchlm.errors import ScratchError
 from scratchlm.tokenizer import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_train_support import tiny_corpus, tiny_overrides, train_losses  # noqa: F401 (fixture)
+from support.training import tiny_corpus, tiny_overrides, train_losses
 
 from scratchlm.errors import ScratchError
 from scratchlm.train import checkpoint as ckpt

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ROOT, shakespeare_path
+from support.paths import ROOT, shakespeare_path
 
 import scratchlm.train.demo
 from scratchlm.cli import main

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_train_support import tiny_corpus, tiny_overrides  # noqa: F401 (fixture)
+from support.training import tiny_corpus, tiny_overrides
 
 from scratchlm.errors import ScratchError
 from scratchlm.model import Transformer

@@ -7,7 +7,7 @@ step (a patched logging method sends the signal to its own process), so the test
 from __future__ import annotations
 
 import pytest
-from test_train_support import (  # noqa: F401
+from support.training import (
     check,
     eval_losses,
     run_python,

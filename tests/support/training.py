@@ -1,4 +1,4 @@
-"""Helpers shared by the training tests (no tests here): tiny corpus, tiny recipe, subprocess runs."""
+"""What the training tests share: a tiny corpus, a tiny recipe, subprocess and torchrun runs, metrics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, shakespeare_path
+
+from scratchlm.model.folder import load_model
+from scratchlm.train.run_dir import read_metrics
+from support.paths import ROOT, shakespeare_path
 
 
 def tiny_corpus(tmp_path_factory) -> Path:
@@ -70,20 +73,14 @@ def sets(overrides: list[str]) -> list[str]:
 
 def weights(folder: Path) -> dict:
     """The tensors of a model folder, by name."""
-    from scratchlm.model.folder import load_model
-
     return load_model(folder)[0].state_dict()
 
 
 def train_losses(run_dir: Path) -> list[tuple[int, float]]:
-    from scratchlm.train.run_dir import read_metrics
-
     return [(r["step"], r["loss"]) for r in read_metrics(run_dir / "metrics.jsonl", "train")]
 
 
 def eval_losses(run_dir: Path) -> list[tuple[int, float]]:
-    from scratchlm.train.run_dir import read_metrics
-
     return [(r["step"], r["val_loss"]) for r in read_metrics(run_dir / "metrics.jsonl", "eval")]
 
 
