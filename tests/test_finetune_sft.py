@@ -3,6 +3,8 @@ through the Trainer (full and LoRA), resumes exactly, and refuses a base that ca
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -152,3 +154,17 @@ def test_bad_records_stop_sft_with_file_and_line_unless_skipped(base, tmp_path, 
     assert len(err.splitlines()) == 1 and f"{data}:2:" in err and "--skip-invalid" in err
     assert main([*args, "--skip-invalid"]) == 0
     assert "1 invalid records skipped" in capsys.readouterr().out
+
+
+def test_a_chat_file_holds_out_records_and_reports_their_reply_loss(base, tmp_path):
+    def turn(sender, text):
+        return [{"text": text, "timestamp": "", "sender": sender}]
+
+    records = {f"r{i}": {"messages": [turn("a", f"{i}+1="), turn("b", f"{i + 1}"), turn("a", "=")]}
+               for i in range(40)}  # fmt: skip
+    data = tmp_path / "chitchat.json"
+    data.write_text(json.dumps(records))
+    settings = _sft_settings(base, 2, **{"data.tasks": "[]", "data.files": f"['{data}']", "data.ptx": 0})
+    result = sft(load_sft_config(None, settings), tmp_path / "run", say=lambda *_: None)
+    loss = result.evaluation[f"loss:{data}"]  # 4 of the 40 records (a tenth; data.heldout is 20)
+    assert 0.0 < loss and result.evaluation["val_loss"] == loss

@@ -1,5 +1,6 @@
 """Property tests: tiktoken encoding with our ranks agrees with the pure-Python reference, and
-decode(encode(s)) == s, for arbitrary Unicode, emoji, combining marks, control characters, long runs."""
+decode(encode(s)) == s, for arbitrary Unicode, emoji, combining marks, control characters, long runs; also
+for a BPE trained on ASCII English alone, saved and loaded, whose every other character is its bytes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scratchlm.tokenizer import GPT2_PATTERN, GPT4_PATTERN, train_bpe, train_char
+from scratchlm.tokenizer import GPT2_PATTERN, GPT4_PATTERN, load_tokenizer, train_bpe, train_char
 
 # Training text with multi-byte characters, so merges build partial UTF-8 sequences that decoding must
 # stitch back together.
@@ -71,6 +72,34 @@ def test_roundtrip_of_any_code_point(bpe, text):
     ids = bpe.encode(text)
     assert bpe.decode(ids) == text
     assert bpe.decode(bpe.encode_reference(text)) == text
+
+
+ENGLISH = (
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
+    'want of a wife. The cats sleep; the dog barks at 9:45 (twice) -- "Why?" she asked.\n\n'
+) * 20
+
+
+@pytest.fixture(scope="module")
+def ascii_bpe(tmp_path_factory):
+    """A BPE that never saw a byte above 0x7F, as saved and read back: no merge covers any other character,
+    so the 256 byte tokens alone must carry it."""
+    folder = tmp_path_factory.mktemp("ascii-bpe")
+    train_bpe(ENGLISH, 256 + 120).save(folder)
+    return load_tokenizer(folder)
+
+
+@SETTINGS
+@given(text=st.lists(st.one_of(st.text(max_size=20), EMOJI, st.text(alphabet=COMBINING, max_size=4),
+                               st.sampled_from(["\x00", "\x00" * 7, "e\u0301", "\U0010fffd", "\ufeff"])),
+                     max_size=6).map("".join))  # fmt: skip
+def test_a_bpe_trained_on_ascii_round_trips_any_text(ascii_bpe, text):
+    ids = ascii_bpe.encode_ordinary(text)
+    assert ascii_bpe.decode(ids) == text
+    assert ascii_bpe.decode(ascii_bpe.encode_reference(text, allow_special=False)) == text
+    assert all(0 <= i < ascii_bpe.vocab_size for i in ids)
+    if not any(c.isascii() for c in text):  # no merge holds a byte above 0x7F: one token a byte
+        assert len(ids) == len(text.encode("utf-8"))
 
 
 def test_empty_string(bpe):

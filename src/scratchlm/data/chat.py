@@ -16,8 +16,9 @@ name and version are recorded in every tokenizer folder with the role tokens (sc
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from scratchlm.errors import ScratchError
 from scratchlm.tokenizer.base import CHAT_SPECIAL_TOKENS
@@ -163,8 +164,9 @@ def _encodes(tokenizer, char: str) -> bool:
 class ChatData:
     """Conversations read or fitted, with a count of everything left out or shortened (never silent).
 
-    `sources[i]` says where `conversations[i]` came from (FILE:LINE); `notes` has one line per record
-    skipped, conversation dropped or truncated, `FILE:LINE: what happened`.
+    `sources[i]` says where `conversations[i]` came from (FILE:LINE); `ids[i]` is the key that decides its
+    side of a held-out split (`split`): the record's id, shared by every conversation made from one record.
+    `notes` has one line per record skipped, conversation dropped or truncated, `FILE:LINE: what happened`.
     """
 
     conversations: list[Conversation]
@@ -173,17 +175,39 @@ class ChatData:
     truncated: int = 0  # conversations whose oldest turns were dropped to fit
     dropped: int = 0  # conversations left out: even the last exchange did not fit (or overflow="drop")
     notes: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)  # default: the sources
+    unusable: int = 0  # well-formed records with no dialogue (one sender, an empty message): always left out
 
     def __post_init__(self):
         if not self.sources:
             self.sources = [f"conversation {i}" for i in range(len(self.conversations))]
-        assert len(self.sources) == len(self.conversations)
+        if not self.ids:
+            self.ids = list(self.sources)
+        assert len(self.sources) == len(self.conversations) == len(self.ids)
 
     def summary(self) -> str:
+        unusable = f"{self.unusable} records without a dialogue skipped, " if self.unusable else ""
         return (
-            f"{len(self.conversations)} conversations; {self.skipped} invalid records skipped, "
+            f"{len(self.conversations)} conversations; {self.skipped} invalid records skipped, {unusable}"
             f"{self.truncated} truncated, {self.dropped} dropped as too long"
         )
+
+    def split(self, heldout: int) -> tuple[ChatData, ChatData]:
+        """(train, held out): every conversation of the `heldout` ids whose sha256 is lowest is held out.
+
+        The split is a function of the ids alone (not of the order, the process or the other records'
+        content), and the conversations of one record stay on one side. The counts stay with train.
+        """
+        order = sorted(set(self.ids), key=lambda key: hashlib.sha256(key.encode("utf-8")).digest())
+        held = set(order[: max(0, heldout)])
+        train = replace(self, conversations=[], sources=[], ids=[], notes=list(self.notes))
+        out = ChatData([])
+        for conversation, source, key in zip(self.conversations, self.sources, self.ids):
+            side = out if key in held else train
+            side.conversations.append(conversation)
+            side.sources.append(source)
+            side.ids.append(key)
+        return train, out
 
 
 def fit_to_context(
@@ -193,6 +217,7 @@ def fit_to_context(
     *,
     overflow: str = "truncate",
     sources: Sequence[str] | None = None,
+    ids: Sequence[str] | None = None,
 ) -> ChatData:
     """Keep each conversation within `max_tokens` ids as rendered by `render_chat`.
 
@@ -208,9 +233,10 @@ def fit_to_context(
     sources = (
         list(sources) if sources is not None else [f"conversation {i}" for i in range(len(conversations))]
     )
+    ids = list(ids) if ids is not None else sources
     special = chat_token_ids(tokenizer)
     out = ChatData([], [])
-    for conversation, where in zip(conversations, sources, strict=True):
+    for conversation, where, key in zip(conversations, sources, ids, strict=True):
         check_conversation(conversation, where=where)
         if conversation[-1]["role"] != "assistant":
             raise ScratchError(
@@ -234,6 +260,7 @@ def fit_to_context(
             conversation = conversation[:head] + conversation[start:]
         out.conversations.append(conversation)
         out.sources.append(where)
+        out.ids.append(key)
     return out
 
 

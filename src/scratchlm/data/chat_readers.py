@@ -1,19 +1,31 @@
-"""Chat data from local files: JSON Lines (or a JSON array) and, through `datasets`, Parquet and Arrow.
+"""Chat data from local files: JSON Lines, a JSON array or a JSON object of records by id (any of them
+gzipped), and, through `datasets`, Parquet and Arrow.
 
-Three record layouts, detected per record (or named with `format=`):
+Four record layouts, detected per record (or named with `format=`):
 
     messages   {"messages": [{"role": "user", "content": "..."}, ...]}               OpenAI / Hugging Face
     alpaca     {"instruction": "...", "input": "...", "output": "..."}               input optional
     sharegpt   {"conversations": [{"from": "human", "value": "..."}, ...]}          human/gpt/system
+    chitchat   {"messages": [[{"text": "...", "sender": "..."}, ...], ...]}          BYU chitchat, by id
 
 An Alpaca record becomes one exchange: the user says the instruction, then a blank line and the input
-when there is one; the assistant says the output. Every conversation must follow the chat rules
-(scratchlm.data.chat) and end with the assistant's reply. A bad record is `FILE:LINE: what is wrong`
-(`FILE: row N` in a table); with `skip_invalid=True` it is left out and counted instead.
+when there is one; the assistant says the output. A chitchat record is a chat between two people: the
+consecutive messages of one sender are one turn (joined by newlines), and the record gives two
+conversations, each person once the user. The second starts at the second person's first turn; both end
+on the assistant (a trailing user turn is dropped), and one with no exchange left is not made. Every
+conversation must follow the chat rules (scratchlm.data.chat) and end with the assistant's reply. A bad
+record is `FILE:LINE: what is wrong` (`FILE: row N` in a table, `FILE: ID` in an object of records); with
+`skip_invalid=True` it is left out and counted instead. A well-formed chitchat record with one sender
+only or an empty message holds no dialogue to learn: it is always left out, and counted (`unusable`).
+
+Each conversation's id (`ChatData.ids`, what a held-out split hashes) is its record's: the key in an
+object of records, else the record's `id` field, else a sha256 of the record, so duplicates stay together.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import tempfile
 from collections.abc import Iterator
@@ -23,7 +35,7 @@ from pathlib import Path
 from scratchlm.data.chat import ChatData, Conversation, conversation_problem, fit_to_context
 from scratchlm.errors import ScratchError
 
-FORMATS = ("auto", "messages", "alpaca", "sharegpt")
+FORMATS = ("auto", "messages", "alpaca", "sharegpt", "chitchat")
 SHAREGPT_ROLES = {
     "human": "user",
     "user": "user",
@@ -38,14 +50,18 @@ class _BadRecord(Exception):
     """What is wrong with one record (the reader adds FILE:LINE)."""
 
 
+class _Unusable(Exception):
+    """Why a well-formed record holds no dialogue (always skipped and counted)."""
+
+
 def read_conversations(path: str | Path, *, format: str = "auto", skip_invalid: bool = False) -> ChatData:
-    """Every conversation in the file at `path`, with FILE:LINE sources and the count of skipped records."""
+    """Every conversation in the file at `path`, with FILE:LINE sources, record ids and the skipped counts."""
     if format not in FORMATS:
         raise ScratchError(f"chat format must be one of {', '.join(FORMATS)}, got {format!r}")
     path = Path(path)
     if not path.is_file():
         raise ScratchError(
-            f"chat data file {path} does not exist; give a .jsonl, .json, .parquet or .arrow file"
+            f"chat data file {path} does not exist; give a .jsonl, .json (.gz), .parquet or .arrow file"
         )
     records = _table_records(path) if path.suffix.lower() in TABLE_SUFFIXES else _json_records(path)
     data = ChatData([], [])
@@ -53,7 +69,11 @@ def read_conversations(path: str | Path, *, format: str = "auto", skip_invalid: 
         try:
             if isinstance(record, _BadRecord):
                 raise record
-            conversation = _to_conversation(record, format)
+            conversations = _to_conversations(record, format)
+        except _Unusable as e:
+            data.unusable += 1
+            data.notes.append(f"{where}: {e}")
+            continue
         except _BadRecord as e:
             if not skip_invalid:
                 raise ScratchError(
@@ -63,8 +83,11 @@ def read_conversations(path: str | Path, *, format: str = "auto", skip_invalid: 
             data.skipped += 1
             data.notes.append(f"{where}: {e}")
             continue
-        data.conversations.append(conversation)
-        data.sources.append(where)
+        key = _record_id(record)
+        for conversation in conversations:
+            data.conversations.append(conversation)
+            data.sources.append(where)
+            data.ids.append(key)
     return data
 
 
@@ -80,36 +103,47 @@ def load_chat(
     """`read_conversations` then `fit_to_context`: the conversations that fit, with every count."""
     data = read_conversations(path, format=format, skip_invalid=skip_invalid)
     fitted = fit_to_context(
-        data.conversations, tokenizer, max_tokens, overflow=overflow, sources=data.sources
+        data.conversations, tokenizer, max_tokens, overflow=overflow, sources=data.sources, ids=data.ids
     )
-    return replace(fitted, skipped=data.skipped, notes=data.notes + fitted.notes)
+    return replace(fitted, skipped=data.skipped, unusable=data.unusable, notes=data.notes + fitted.notes)
 
 
-def _to_conversation(record: object, format: str = "auto") -> Conversation:
-    """One record as a conversation; raises _BadRecord saying what is wrong."""
+def _to_conversations(record: object, format: str = "auto") -> list[Conversation]:
+    """The conversations of one record; raises _BadRecord saying what is wrong, _Unusable why it has none."""
     if not isinstance(record, dict):
         raise _BadRecord(f"a record must be an object, not {type(record).__name__}")
     if format == "auto":
         format = _detect(record)
-    if format == "messages":
-        conversation = _messages(record)
+    if format == "chitchat":
+        conversations = _chitchat(record)
+    elif format == "messages":
+        conversations = [_messages(record)]
     elif format == "sharegpt":
-        conversation = _sharegpt(record)
+        conversations = [_sharegpt(record)]
     else:
-        conversation = _alpaca(record)
-    problem = conversation_problem(conversation)
-    if problem is not None:
-        raise _BadRecord(problem)
-    if conversation[-1]["role"] != "assistant":
-        raise _BadRecord(
-            "the conversation ends with a user turn; a training conversation ends with the reply"
-        )
-    return conversation
+        conversations = [_alpaca(record)]
+    for conversation in conversations:
+        problem = conversation_problem(conversation)
+        if problem is not None:
+            raise _BadRecord(problem)
+        if conversation[-1]["role"] != "assistant":
+            raise _BadRecord(
+                "the conversation ends with a user turn; a training conversation ends with the reply"
+            )
+    return conversations
+
+
+def _record_id(record: dict) -> str:
+    key = record.get("id")
+    if isinstance(key, (str, int)) and not isinstance(key, bool):
+        return str(key)
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
 def _detect(record: dict) -> str:
     if "messages" in record:
-        return "messages"
+        items = record["messages"]
+        return "chitchat" if isinstance(items, list) and items and isinstance(items[0], list) else "messages"
     if "conversations" in record:
         return "sharegpt"
     if "instruction" in record or "output" in record:
@@ -159,6 +193,37 @@ def _sharegpt(record: dict) -> Conversation:
     return conversation
 
 
+def _chitchat(record: dict) -> list[Conversation]:
+    """Both role assignments of a two-person chat (see the module docstring)."""
+    turns: list[tuple[str, list[str]]] = []  # (sender, texts): consecutive messages of one sender
+    for index, group in enumerate(_field(record, "messages", list)):
+        if not isinstance(group, list):
+            raise _BadRecord(f"messages[{index}] is a {type(group).__name__}, not a list of messages")
+        for item in group:
+            what = f"a message of messages[{index}]"
+            if not isinstance(item, dict):
+                raise _BadRecord(f"{what} is a {type(item).__name__}, not an object")
+            text, sender = _field(item, "text", str, what), _field(item, "sender", str, what)
+            if not text.strip():
+                raise _Unusable(f"an empty message in messages[{index}]")
+            if turns and turns[-1][0] == sender:
+                turns[-1][1].append(text)
+            else:
+                turns.append((sender, [text]))
+    senders = len({sender for sender, _ in turns})
+    if senders != 2:
+        raise _Unusable(f"{senders} senders; a chat to learn from has two")
+    texts = ["\n".join(parts) for _, parts in turns]
+    conversations = []
+    for first in (0, 1):  # the first sender as the user, then the second
+        roles = ["user", "assistant"] * len(texts)
+        chat = [{"role": role, "content": text} for role, text in zip(roles, texts[first:])]
+        chat = chat[: len(chat) // 2 * 2]  # end on the assistant
+        if chat:
+            conversations.append(chat)
+    return conversations
+
+
 def _alpaca(record: dict) -> Conversation:
     instruction = _field(record, "instruction", str)
     output = _field(record, "output", str)
@@ -170,8 +235,18 @@ def _alpaca(record: dict) -> Conversation:
 
 
 def _json_records(path: Path) -> Iterator[tuple[str, object]]:
-    """(FILE:LINE, record or _BadRecord) per non-blank line; a file starting with `[` is one JSON array."""
+    """(FILE:LINE, record or _BadRecord) per non-blank line; a file starting with `[` is one JSON array, and
+    one JSON object whose values are all objects is records by id (`FILE: ID`, the id in the record's
+    `id`). Gzipped files are read the same."""
     data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":  # gzip's magic number
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise ScratchError(f"{path}: not a readable gzip file ({e}); fix or recompress it") from None
+    if data.lstrip()[:1] == b"{" and (mapping := _records_by_id(data)) is not None:
+        yield from ((f"{path}: {key}", {**record, "id": key}) for key, record in mapping.items())
+        return
     if data.lstrip()[:1] == b"[":
         try:
             array = json.loads(data.decode("utf-8"))
@@ -192,6 +267,17 @@ def _json_records(path: Path) -> Iterator[tuple[str, object]]:
             yield where, json.loads(text)
         except json.JSONDecodeError as e:
             yield where, _BadRecord(f"invalid JSON ({e.msg} at column {e.colno})")
+
+
+def _records_by_id(data: bytes) -> dict | None:
+    """The file as one object of records by id, or None (JSON Lines: it fails to parse past line one)."""
+    try:
+        whole = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if isinstance(whole, dict) and whole and all(isinstance(v, dict) for v in whole.values()):
+        return whole
+    return None
 
 
 def _table_records(path: Path) -> Iterator[tuple[str, object]]:

@@ -11,8 +11,8 @@ from pathlib import Path
 from scratchlm.errors import ScratchError
 
 TASKS_HELP = (
-    "builtin | next_line | shuffled | FORMAT=FILE, FORMAT one of hellaswag, arc_easy, arc_challenge, "
-    "piqa, lambada, mc, gen"
+    "builtin | next_line | shuffled | blimp[:max_pairs=N,folder=DIR] | FORMAT=FILE, FORMAT one of "
+    "hellaswag, arc_easy, arc_challenge, piqa, lambada, mc, gen"
 )
 
 

@@ -9,7 +9,9 @@ What runs:
   trained on (its config.yaml; `run`'s first, when given) is scored, unless only `tasks` were asked for;
   it is also where built-in tasks draw their examples from (shakespeare when no run names one).
 - `tasks`: each task spec (see `scratchlm.eval.tasks.load_tasks`); `chat:SPEC` measures a chat model on a
-  built-in instruction task (`scratchlm.eval.chat_tasks`: held-out loss, exact match or speaker share).
+  built-in instruction task (`scratchlm.eval.chat_tasks`: held-out loss, exact match or speaker share);
+  `blimp[:max_pairs=N][,folder=DIR]` scores BLiMP's paradigms (`scratchlm.eval.blimp`; `limit` is
+  max_pairs when the spec gives none).
 - `run`: the results are appended to that run's metrics.jsonl as one `benchmark` record.
 The model folder is resolved first, so a wrong `ckpt` is named before anything else is looked at.
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 from scratchlm.data import load_corpus
 from scratchlm.data.tasks import get_task
 from scratchlm.errors import ScratchError
+from scratchlm.eval.blimp import blimp_figures, is_blimp_spec, parse_blimp_spec, read_blimp, score_paradigms
 from scratchlm.eval.chat_tasks import chat_task_figures
 from scratchlm.eval.checkpoint import load_checkpoint
 from scratchlm.eval.config import EvalConfig
@@ -72,7 +75,11 @@ def evaluate(config: EvalConfig, *, progress: bool = False) -> dict[str, dict]:
     chat_specs = [spec.removeprefix("chat:") for spec in config.tasks if spec.startswith("chat:")]
     for spec in chat_specs:
         get_task(spec)  # a wrong spec is named before the model loads
-    other = [spec for spec in config.tasks if not spec.startswith("chat:")]
+    blimp = {}  # read before the model loads: a bad line is named first
+    for spec in filter(is_blimp_spec, config.tasks):
+        folder, max_pairs = parse_blimp_spec(spec)
+        blimp[spec] = read_blimp(folder, max_pairs or config.limit)
+    other = [spec for spec in config.tasks if not spec.startswith("chat:") and spec not in blimp]
     tasks = []
     if other:
         tasks = load_tasks(
@@ -96,6 +103,9 @@ def evaluate(config: EvalConfig, *, progress: bool = False) -> dict[str, dict]:
             model, tokenizer, text, stride=config.stride, batch_size=config.batch_size, progress=progress
         )
     results.update(run_tasks(model, tokenizer, tasks, batch_size=config.batch_size, progress=progress))
+    for spec, paradigms in blimp.items():
+        scores = score_paradigms(model, tokenizer, paradigms, batch_size=config.batch_size, progress=progress)
+        results[spec] = blimp_figures(scores)
     for spec in chat_specs:
         figures = chat_task_figures(
             model, tokenizer, spec, n=config.n, max_new_tokens=config.max_new_tokens or 48

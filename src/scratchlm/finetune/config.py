@@ -18,10 +18,10 @@ class SFTDataConfig:
     """The mixture: built-in tasks (`scratchlm.data.tasks` specs) and chat files, each with a weight."""
 
     tasks: list[str] = field(default_factory=lambda: ["arithmetic:digits=2,op=+"])
-    files: list[str] = field(default_factory=list)  # JSONL messages / Alpaca / ShareGPT / Parquet
+    files: list[str] = field(default_factory=list)  # JSONL messages / Alpaca / ShareGPT / chitchat / Parquet
     weights: list[float] = field(default_factory=list)  # one per task, then per file (empty: equal)
     examples: int = 20_000  # training conversations drawn from the mixture
-    heldout: int = 200  # held-out conversations per task, for the figures
+    heldout: int = 200  # held-out conversations per task and records per chat file, for the figures
     ptx: float = 0.0  # share of each step's rows that are pretraining text (InstructGPT's "ptx")
     ptx_corpus: str = ""  # the corpus of that text ("": the base run's data.corpus)
     packing: bool = True  # several conversations a row, without cross-talk

@@ -14,10 +14,25 @@ from scratchlm.finetune.config import SFTDataConfig
 from scratchlm.train.run_dir import RunDir
 
 PTX_VAL_TOKENS = 32_768  # validation tokens scored for the forgetting figure: a few seconds on a CPU
+HELDOUT_SHARE = 10  # a chat file holds out at most one record in this many: a small file still trains
 
 
-def sft_mixture(cfg: SFTDataConfig, split: str, seed: int, tokenizer, say=print) -> list[list[dict]]:
-    """`cfg.examples` training conversations, each source's share by its weight, in a seeded order."""
+def read_chat_file(path, cfg: SFTDataConfig, say=print) -> tuple[list[list[dict]], list[list[dict]]]:
+    """(training, held-out) conversations of one `data.files` entry. The `data.heldout` records whose id
+    hashes lowest (at most a tenth of the file's) are held out, with every conversation made from them:
+    the same ones on every run and machine, and never trained on."""
+    read = read_conversations(path, skip_invalid=cfg.skip_invalid)
+    if read.skipped or read.unusable:
+        say(f"sft: {path}: {read.summary()}")
+    train, heldout = read.split(min(cfg.heldout, len(set(read.ids)) // HELDOUT_SHARE))
+    return train.conversations, heldout.conversations
+
+
+def sft_mixture(
+    cfg: SFTDataConfig, split: str, seed: int, tokenizer, say=print, files=None
+) -> list[list[dict]]:
+    """`cfg.examples` conversations of `split` (train, heldout), each source's share by its weight, in a
+    seeded order. `files`: each file's `read_chat_file`, when the caller has read them already."""
     sources = len(cfg.tasks) + len(cfg.files)
     weights = np.asarray(cfg.weights or [1.0] * sources, dtype=np.float64)
     counts = np.floor(cfg.examples * weights / weights.sum()).astype(int)
@@ -25,11 +40,9 @@ def sft_mixture(cfg: SFTDataConfig, split: str, seed: int, tokenizer, say=print)
     for spec, n in zip(cfg.tasks, counts):
         out += get_task(spec).examples(split, int(n), seed)
     rng = np.random.default_rng(seed)
-    for path, n in zip(cfg.files, counts[len(cfg.tasks) :]):
-        read = read_conversations(path, skip_invalid=cfg.skip_invalid)
-        if read.skipped:
-            say(f"sft: {path}: {read.summary()}")
-        conversations = read.conversations
+    files = files if files is not None else [read_chat_file(path, cfg, say) for path in cfg.files]
+    for (train, heldout), n in zip(files, counts[len(cfg.tasks) :]):
+        conversations = heldout if split == "heldout" else train
         if n and conversations:  # a file's share: its conversations drawn in turn, reshuffled per pass
             order = np.concatenate(
                 [rng.permutation(len(conversations)) for _ in range(-(-n // len(conversations)))]

@@ -10,7 +10,8 @@ epoch), so resume is exact with no loader state. With `data.ptx`, that share of 
 windows of pretraining text, every token counted (InstructGPT's "ptx" mix against forgetting; here the
 two are weighted by their counted tokens, as the trainer divides by the step's valid count).
 
-The figures: `val_loss` on the held-out conversations (assistant tokens), each exact-answer task's
+The figures: `val_loss`, the mean over sources of the loss on their held-out conversations (assistant
+tokens; a chat file's own is `loss:FILE`, on the records `read_chat_file` holds out), each exact-answer task's
 held-out accuracy by greedy decoding, the dialogue task's share of replies that name a speaker, and the
 loss on the pretraining corpus's validation text (`pretrain_val_loss`: what SFT made the model forget).
 """
@@ -29,13 +30,14 @@ from safetensors.torch import load_file
 
 from scratchlm.data.packing import IGNORE, Rows, example, pack
 from scratchlm.errors import ScratchError
-from scratchlm.eval.chat_tasks import chat_task_figures
+from scratchlm.eval.chat_tasks import chat_task_figures, heldout_rows, masked_loss
 from scratchlm.fileio import save_safetensors
 from scratchlm.finetune.config import SFTConfig
 from scratchlm.finetune.lora import LoRAConfig, apply_lora, lora_state_dict, merge_lora
 from scratchlm.finetune.sft_data import (
     pretrain_loss,
     ptx_tokens,
+    read_chat_file,
     render_all,
     sft_mixture,
 )
@@ -81,7 +83,13 @@ class SFT:
         else:
             self.lora = None
         self.models = {"model": self.model}
-        self.rows = self._rows(sft_mixture(cfg.data, "train", cfg.seed, self.tokenizer, say))
+        files = [read_chat_file(path, cfg.data, say) for path in cfg.data.files]
+        self.rows = self._rows(sft_mixture(cfg.data, "train", cfg.seed, self.tokenizer, say, files))
+        self.heldout_files = {  # each chat file's held-out conversations, as packed rows
+            path: heldout_rows(heldout, self.tokenizer, self.context)
+            for path, (_, heldout) in zip(cfg.data.files, files)
+            if heldout
+        }
         self.ptx_train, self.ptx_val = ptx_tokens(cfg.data, self.base_dir, self.tokenizer)
         if cfg.data.ptx and self.ptx_train is None:
             raise ScratchError(
@@ -157,14 +165,18 @@ class SFT:
         was_training = self.model.training
         self.model.eval()
         try:
-            figures = {"val_loss": 0.0}
+            figures, losses = {"val_loss": 0.0}, []
             for spec in self.cfg.data.tasks:  # the measurements of `scratchlm eval --tasks chat:SPEC`
                 task = chat_task_figures(self.model, self.tokenizer, spec, self.cfg.eval.max_examples,
                                          self.cfg.eval.max_new_tokens)  # fmt: skip
                 figures.update(
                     {f"{name}:{spec}": value for name, value in task.items() if name != "examples"}
                 )
-                figures["val_loss"] += task["loss"] / len(self.cfg.data.tasks)
+                losses.append(task["loss"])
+            for path, rows in self.heldout_files.items():
+                figures[f"loss:{path}"] = masked_loss(self.model, rows)
+                losses.append(figures[f"loss:{path}"])
+            figures["val_loss"] = sum(losses) / max(1, len(losses))
             if self.ptx_val is not None:
                 figures["pretrain_val_loss"] = pretrain_loss(self.model, self.ptx_val, self.per_rank)
         finally:

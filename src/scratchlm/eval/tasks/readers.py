@@ -25,6 +25,11 @@ from scratchlm.eval.tasks.base import Choice, Generation, Target, Task
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    return [row for _, row in numbered_rows(path)]
+
+
+def numbered_rows(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, row) for each non-blank line of a task file; a line that is not JSON is FILE:LINE."""
     path = Path(path)
     if not path.is_file():
         raise ScratchError(f"task file not found: {path}; give the path of a local .jsonl file")
@@ -33,7 +38,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            rows.append((number, json.loads(line)))
         except json.JSONDecodeError as e:
             raise ScratchError(
                 f"{path}:{number}: not valid JSON ({e.msg}); expected one object a line"
