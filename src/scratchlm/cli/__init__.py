@@ -32,6 +32,7 @@ STAGES = [
     "chat",
     "serve",
     "plan",
+    "speedrun",
 ]
 
 

@@ -28,7 +28,11 @@ def _list(args: argparse.Namespace) -> int:
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         status = (
-            f"{r['where']}: {r['path']}" if r["path"] else "not local yet (scratchlm data fetch downloads it)"
+            f"{r['where']}: {r['path']}"
+            if r["path"]
+            else "not local: set SCRATCHLM_DATA to a mirror holding it"
+            if r["where"] == "missing"
+            else "not local yet (scratchlm data fetch downloads it)"
         )
         print(f"{r['name']:<{width}}  {r['description']}\n{'':<{width}}  {status}")
     return 0

@@ -32,6 +32,9 @@ class Corpus:
     documents: list[str]
     sha256: str  # of the source bytes, so a manifest can say which text its tokens came from
     names: list[str] = field(default_factory=list)
+    # Names of documents that form the validation split instead of the hashed share: a text held out by
+    # choice (Persuasion for the English recipes) is never trained on, tokenizer included.
+    heldout: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if not self.names:
@@ -46,6 +49,12 @@ class Corpus:
         """(train_docs, val_docs), deterministic. See the module docstring for the convention."""
         if not 0.0 <= val_fraction < 1.0:
             raise ScratchError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if self.heldout:
+            in_val = [n in self.heldout for n in self.names]
+            return (
+                [d for d, v in zip(self.documents, in_val) if not v],
+                [d for d, v in zip(self.documents, in_val) if v],
+            )
         if len(self.documents) == 1:
             text = self.documents[0]
             cut = int(len(text) * (1.0 - val_fraction))  # nanoGPT: data[:int(n*0.9)], data[int(n*0.9):]
@@ -166,6 +175,8 @@ def load_corpus(
     if spec in REGISTRY:  # a registry name wins; a file of that name is reachable as ./name
         if spec == "pystdlib":
             corpus = _pystdlib(errors)
+        elif get_entry(spec).folder:
+            corpus = _load_folder(fetch(spec), glob, errors, name=spec)
         else:
             entry = get_entry(spec)
             text, _ = _read_text(fetch(spec), errors)
@@ -191,4 +202,20 @@ def load_corpus(
         raise ScratchError(f"corpus {spec} is empty (no text in it); give a corpus with some text")
     corpus.documents = [corpus.documents[i] for i in keep]
     corpus.names = [corpus.names[i] for i in keep]
+    return corpus
+
+
+def hold_out(corpus: Corpus, names: list[str]) -> Corpus:
+    """`corpus` with the documents `names` (as `corpus.names` spells them) as its validation split."""
+    missing = [n for n in names if n not in corpus.names]
+    if missing:
+        raise ScratchError(
+            f"data.heldout names {missing[0]!r}, which is not a document of corpus {corpus.name} "
+            f"(its documents: {', '.join(corpus.names[:6])}{', ...' if len(corpus.names) > 6 else ''})"
+        )
+    if len(names) >= len(corpus.names):
+        raise ScratchError(
+            f"data.heldout holds out every document of {corpus.name}: nothing left to train on"
+        )
+    corpus.heldout = list(names)
     return corpus

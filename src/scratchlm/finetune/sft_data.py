@@ -8,6 +8,7 @@ import torch
 from scratchlm.data import load_corpus
 from scratchlm.data.chat import fit_to_context, render_chat
 from scratchlm.data.chat_readers import read_conversations
+from scratchlm.data.corpora import hold_out
 from scratchlm.data.tasks import get_task
 from scratchlm.eval.scoring import rolling_windows, score_continuations
 from scratchlm.finetune.config import SFTDataConfig
@@ -62,13 +63,17 @@ def render_all(conversations, tokenizer, limit: int, cfg: SFTDataConfig, say=pri
 
 def ptx_tokens(cfg: SFTDataConfig, base_dir, tokenizer) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(train, validation) token arrays of the pretraining corpus: the base run's, unless named."""
-    name = cfg.ptx_corpus
+    name, heldout = cfg.ptx_corpus, []
     if not name:
         run = RunDir.of_model(base_dir)
-        name = ((run.read_config().get("data") or {}).get("corpus")) if run else None
+        data = (run.read_config().get("data") or {}) if run else {}
+        name, heldout = data.get("corpus"), data.get("heldout") or []
     if not name:
         return None, None
-    train, val = load_corpus(name).split()
+    corpus = load_corpus(name)
+    if heldout:
+        hold_out(corpus, heldout)  # the base's validation text stays unseen by SFT too
+    train, val = corpus.split()
     encode = lambda docs: np.asarray([t for d in docs for t in tokenizer.encode_ordinary(d)], dtype=np.int64)  # noqa: E731
     return (encode(train) if cfg.ptx else None), encode(val)[: PTX_VAL_TOKENS + 1]
 

@@ -41,6 +41,9 @@ class DataConfig:
     """
 
     corpus: str = "shakespeare"  # registry name, file, folder or .jsonl (scratchlm.data.load_corpus)
+    # Documents of a folder corpus (names relative to it) that are the validation split, never trained
+    # on, tokenizer included; empty: a hashed 10% of the documents (one document: its last 10%).
+    heldout: list[str] = field(default_factory=list)
     tokenizer: str = "char"  # char | bpe | path to a saved tokenizer folder
     vocab_size: int = 4096  # bpe only: vocabulary to train
     batch_size: int = 32  # sequences per step (of short_context tokens while that phase lasts)

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from scratchlm.data import load_corpus, prepare
+from scratchlm.data.corpora import hold_out
 from scratchlm.fileio import atomic_dir
 from scratchlm.paths import cache_dir
 from scratchlm.tokenizer import CHAT_SPECIAL_TOKENS, ENDOFTEXT, load_tokenizer, train_bpe, train_char
@@ -30,6 +31,8 @@ VAL_FRACTION = 0.1  # nanoGPT's Tiny Shakespeare convention, also the data stage
 def prepare_run_data(cfg: DataConfig, run_dir: Path, world: World, say=print) -> tuple[Path, object]:
     """(shard folder, tokenizer) for `cfg`, building what is missing on rank 0 while the others wait."""
     corpus = load_corpus(cfg.corpus)
+    if cfg.heldout:
+        hold_out(corpus, cfg.heldout)
     given = Path(cfg.tokenizer) if cfg.tokenizer not in ("char", "bpe") else None
     if given is not None:
         choice = {"tokenizer": load_tokenizer(given).fingerprint()}
@@ -40,7 +43,8 @@ def prepare_run_data(cfg: DataConfig, run_dir: Path, world: World, say=print) ->
         }
         if cfg.extra_chars or cfg.chat_tokens:  # keys of runs without them stay as they were
             choice.update(extra_chars=cfg.extra_chars, chat_tokens=cfg.chat_tokens)
-    key_source = json.dumps({"corpus": corpus.sha256, "val_fraction": VAL_FRACTION, **choice}, sort_keys=True)
+    split = {"heldout": sorted(cfg.heldout)} if cfg.heldout else {"val_fraction": VAL_FRACTION}
+    key_source = json.dumps({"corpus": corpus.sha256, **split, **choice}, sort_keys=True)
     key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
     root = cache_dir() / "prepared" / key if cfg.shared_cache else run_dir / "data"
     tok_dir, shard_dir = root / "tokenizer", root / "shards"

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import yaml
@@ -224,7 +225,13 @@ def resolve_model_dir(path: str | Path) -> Path:
         raise ScratchError(f"{path}: no such folder; give a model folder or a training run folder")
     if (path / _MODEL_CONFIG).is_file():
         return path
-    found = RunDir(path).model_dir()
+    run = RunDir(path)
+    found = run.model_dir()
+    pointers = run.pointers()
+    if found is not None and "stage" in pointers:  # a speedrun folder: say which stage's model it means
+        print(
+            f"{path}: the speedrun's {pointers['stage']} model ({pointers.get('why', '')})", file=sys.stderr
+        )
     if found is None:
         raise ScratchError(
             f"{path}: not a model folder (no {_MODEL_CONFIG}) nor a run with final/ or checkpoints/"
