@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scratchlm.errors import ScratchError
+from scratchlm.paths import expand_path
 from scratchlm.train.config import BudgetConfig, EvalConfig, TrainingSections, load_stage_config
 
 
@@ -31,6 +32,7 @@ class SFTDataConfig:
     skip_invalid: bool = False  # bad records in files: skip and count them (else: stop at the first)
 
     def __post_init__(self) -> None:
+        self.files = [expand_path(f, "data.files") for f in self.files]
         if not self.tasks and not self.files:
             raise ScratchError("sft data: give data.tasks or data.files (nothing to fine-tune on)")
         if self.weights and len(self.weights) != len(self.tasks) + len(self.files):

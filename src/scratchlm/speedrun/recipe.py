@@ -19,6 +19,7 @@ from pathlib import Path
 
 from scratchlm.config import apply_overrides, load_yaml, merge
 from scratchlm.errors import ScratchError
+from scratchlm.paths import expand_path
 
 STAGES = ("tokenizer", "pretrain", "sft", "preferences", "reward", "ppo", "dpo", "grpo", "eval", "report")
 # What each stage reads from the stages before it (eval reads whichever of its inputs the recipe keeps).
@@ -139,6 +140,7 @@ def chat_files(paths: list[str]) -> list[str]:
     """Chat files, a folder standing for the chat files in it (`../shared/data/chitchat`)."""
     out = []
     for spec in paths:
+        spec = expand_path(spec, "chat")
         path = Path(spec)
         if path.is_dir():
             found = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.name.endswith(CHAT_SUFFIXES))

@@ -91,17 +91,15 @@ def _wire_pretrain(section: dict, recipe: Recipe, root: Path) -> dict:
 
 
 def _wire_sft(section: dict, recipe: Recipe, root: Path) -> dict:
+    """The run's chat files replace the SFT recipe's (`chat` is their one place in a speedrun); each takes
+    the weight the recipe gave its first file (1.0 if none), the tasks keep theirs."""
     data = section.setdefault("data", {})
-    if recipe.chat:
-        tasks = list(data.get("tasks") or [])
-        files = list(data.get("files") or [])
-        weights = list(data.get("weights") or [])
-        new = [c for c in recipe.chat if c not in files]
-        if weights and new:
-            weights += [float(data.get("chat_weight", 1.0))] * len(new)
-        data.update(files=files + new, weights=weights)
-        assert not weights or len(weights) == len(tasks) + len(files) + len(new)
-    data.pop("chat_weight", None)
+    tasks, files, weights = list(data.get("tasks") or []), list(data.get("files") or []), data.get("weights")
+    if weights:
+        file_weight = float(weights[len(tasks)]) if len(weights) > len(tasks) else 1.0
+        data["weights"] = [float(w) for w in weights[: len(tasks)]] + [file_weight] * len(recipe.chat)
+    data["files"] = list(recipe.chat)
+    del files
     section.update(base=str(root / "pretrain"), seed=recipe.seed)
     return section
 
