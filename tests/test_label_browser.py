@@ -7,6 +7,7 @@ and the file must hold exactly the rankings made. A prompt holding HTML must sho
 from __future__ import annotations
 
 import functools
+import threading
 import json
 from pathlib import Path
 
@@ -96,3 +97,25 @@ def test_rank_three_prompts_with_the_keyboard_and_undo_one(server, page):
     assert shown(page) == (2, seen[2])
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert records == made[:2]
+
+
+def test_the_page_says_the_model_is_writing_while_answers_are_sampled(tmp_path, page):
+    """The first answers take seconds on a CPU: the page says what it waits for, then shows the prompt.
+    The sampler is held until the message is on screen, so the order is certain on any machine."""
+    tokenizer = chat_tokenizer()
+    model = babbler(tokenizer)
+    release = threading.Event()
+
+    def held(prompts, start):
+        assert release.wait(timeout=60), "the page never showed its waiting message"
+        return sample_answers(model, tokenizer, prompts, K, SamplingConfig(max_new_tokens=8, seed=0),
+                              batch_size=1, start=start)  # fmt: skip
+
+    app = create_app(LabelQueue(PROMPTS, tmp_path / "prefs.jsonl", held, K))
+    with serving(app) as url:
+        page.goto(url + "/")
+        expect(page.locator("#message")).to_contain_text("writing the answers")
+        assert page.locator(".answer").count() == 0
+        release.set()
+        wait_for(page, 0, 0)
+        expect(page.locator("#message")).to_have_text("")
