@@ -7,8 +7,8 @@ and the file must hold exactly the rankings made. A prompt holding HTML must sho
 from __future__ import annotations
 
 import functools
-import threading
 import json
+import threading
 from pathlib import Path
 
 import pytest
