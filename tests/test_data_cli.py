@@ -9,6 +9,7 @@ from support.paths import shakespeare_path
 
 from scratchlm.cli import main
 from scratchlm.data import TokenLoader, read_manifest
+from scratchlm.tokenizer import train_char
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -65,10 +66,6 @@ def test_prepare_user_mistakes(capsys, tmp_path):
 
 
 def test_prepare_end_to_end(capsys, tmp_path):
-    try:
-        from scratchlm.tokenizer import train_char
-    except ImportError as e:
-        pytest.skip(f"scratchlm.tokenizer not importable yet: {e}")
     text = "".join(f"the line number {i} of a small corpus\n" for i in range(2000))
     (tmp_path / "corpus.txt").write_text(text)
     tok = train_char(text)

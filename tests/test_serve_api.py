@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import httpx
 import openai
 import pytest
 import torch
-from support.serving import random_model, serving
+from support.serving import random_model, serving, wait_until
 
 from scratchlm.data.chat import render_chat
 from scratchlm.generate import SamplingConfig, decode_steps
@@ -158,18 +157,6 @@ def test_completions_stream_and_not_with_seed_n_and_stop(server, model, tokenize
     assert default.usage.completion_tokens <= 16  # OpenAI's completions default for max_tokens
 
 
-def slowed(monkeypatch, scheduler, seconds: float) -> None:
-    """Sleep before every decode step, so requests overlap (and a client can leave) however fast the
-    machine is."""
-    decode = scheduler.decoder
-
-    def slow_decode(*args):
-        time.sleep(seconds)
-        return decode(*args)
-
-    monkeypatch.setattr(scheduler, "decoder", slow_decode)
-
-
 def test_concurrent_clients_each_get_their_lone_reply(server, model, tokenizer, monkeypatch):
     asks = [
         ("tell me a story", dict(temperature=0)),
@@ -180,9 +167,25 @@ def test_concurrent_clients_each_get_their_lone_reply(server, model, tokenizer, 
         ("x", dict(temperature=1.0, seed=2)),
     ]
     want = [chat_alone(model, tokenizer, q, max_new_tokens=40, **s) for q, s in asks]
-    slowed(monkeypatch, server.scheduler, 0.002)
+    # Decoding waits until every request has been submitted, so they share a batch however the client
+    # threads happen to be scheduled; `sizes` counts the rows of each decode step.
+    scheduler, submitted, sizes, all_in = server.scheduler, [], [], threading.Event()
+    submit, decode = scheduler.submit, scheduler.decoder
+
+    def counted_submit(sequences):
+        submit(sequences)
+        submitted.append(sequences)
+        if len(submitted) == len(asks):
+            all_in.set()
+
+    def gated_decode(tokens, cache):  # tokens: (B, 1)
+        assert all_in.wait(60), "the requests did not all arrive"
+        sizes.append(tokens.shape[0])
+        return decode(tokens, cache)
+
+    monkeypatch.setattr(scheduler, "submit", counted_submit)
+    monkeypatch.setattr(scheduler, "decoder", gated_decode)
     got: dict[int, str] = {}
-    sizes = []
 
     def ask(i, q, s, stream):
         messages = [{"role": "user", "content": q}]
@@ -200,10 +203,9 @@ def test_concurrent_clients_each_get_their_lone_reply(server, model, tokenizer, 
     threads = [threading.Thread(target=ask, args=(i, q, s, i % 2 == 0)) for i, (q, s) in enumerate(asks)]
     for t in threads:
         t.start()
-    while any(t.is_alive() for t in threads):
-        sizes.append(len(server.scheduler.live))
-        time.sleep(0.002)
-    assert [got[i] for i in range(len(asks))] == want
+    for t in threads:
+        t.join()
+    assert [got.get(i) for i in range(len(asks))] == want
     assert max(sizes) > 1  # they really were decoded together
 
 
@@ -349,18 +351,27 @@ def test_a_full_queue_is_429(model_dir):
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_row(server, monkeypatch):
-    slowed(monkeypatch, server.scheduler, 0.01)  # 95 tokens take a second: the client leaves long before
+    # The decode step holds its row until the request is cancelled: the row is live when the client
+    # leaves, and the reply cannot reach its end first, however fast or slow this machine is.
+    scheduler, rows, decoding = server.scheduler, [], threading.Event()
+    decode = scheduler.decoder
+
+    def held_decode(tokens, cache):
+        rows.extend(scheduler.live)
+        decoding.set()
+        wait_until(lambda: all(seq.cancelled for seq in scheduler.live))
+        return decode(tokens, cache)
+
+    monkeypatch.setattr(scheduler, "decoder", held_decode)
     body = {"model": "tiny-chat", "prompt": "go", "max_tokens": CONTEXT, "stream": True, "temperature": 0}
     with httpx.stream("POST", server.url + "/v1/completions", json=body) as r:
-        lines = r.iter_lines()
-        next(line for line in lines if line.startswith("data: "))
-        next(line for line in lines if line.startswith("data: "))  # the second piece: decoding in the batch
-        assert len(server.scheduler.live) == 1
-    left = time.monotonic()
-    while server.scheduler.live and time.monotonic() - left < 5:
-        time.sleep(0.005)
-    assert not server.scheduler.live
-    assert time.monotonic() - left < 0.5  # freed within a few steps of the disconnect, not at its end
+        lines = r.iter_lines()  # held: a dropped line iterator closes the stream, the client leaves early
+        next(line for line in lines if line.startswith("data: "))  # the prefill's piece
+        assert decoding.wait(30)  # its row waits in the batch's decode step
+        assert scheduler.live == rows and len(rows) == 1
+    wait_until(lambda: not scheduler.live)
+    (seq,) = rows  # one decode step: the row left at the next one, not at its end
+    assert seq.finish_reason == "cancelled" and seq.generated == 2 < seq.sampling.max_new_tokens
 
 
 def test_health_and_metrics(server):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from playwright.sync_api import expect, sync_playwright
-from support.serving import serving
+from support.serving import serving, wait_until
 
 from scratchlm.data.chat import ASSISTANT
 from scratchlm.model import ModelConfig, Transformer
@@ -147,10 +147,8 @@ def test_stream_stop_continue_and_start_over(server, chat):
 
     page.click("#stop")
     expect(page.locator("body")).to_have_attribute("data-state", "idle")
-    deadline = time.monotonic() + 5
-    while scheduler.live and time.monotonic() < deadline:  # the server drops the row of a closed stream
-        time.sleep(0.02)
-    assert not scheduler.live and not scheduler.queue_depth
+    wait_until(lambda: not scheduler.live)  # the server drops the row of a closed stream
+    assert not scheduler.queue_depth
     stopped = reply(page)
     time.sleep(10 * STEP_SECONDS)
     assert reply(page) == stopped and second <= len(stopped) < 1000  # it stopped growing, early

@@ -62,7 +62,8 @@ def start(model_dir, drain: float) -> tuple[subprocess.Popen, str]:
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
+    deadline = time.monotonic() + 120  # only stops a hang: a loaded machine may start torch slowly
+    while proc.poll() is None and time.monotonic() < deadline:
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
                 return proc, url
@@ -88,10 +89,10 @@ def stream_then_sigterm(proc, url, max_tokens: int) -> list[dict]:
 
 
 def test_sigterm_lets_a_short_request_finish_then_exits(model_dir):
-    proc, url = start(model_dir, drain=30)
+    proc, url = start(model_dir, drain=120)  # the drain ends with the request; 120 s only stops a hang
     try:
         events = stream_then_sigterm(proc, url, max_tokens=300)
-        assert proc.wait(timeout=30) in STOPPED
+        assert proc.wait(timeout=180) in STOPPED
     finally:
         proc.kill()
     assert events[-1] == "[DONE]"
@@ -100,17 +101,17 @@ def test_sigterm_lets_a_short_request_finish_then_exits(model_dir):
 
 
 def test_sigterm_past_the_drain_timeout_ends_the_stream_with_an_error_chunk(model_dir):
-    proc, url = start(model_dir, drain=0.5)
+    # No drain at all: the request, 4000 tokens (seconds of decoding), is cut at the loop's next turn.
+    proc, url = start(model_dir, drain=0)
     try:
-        started = time.monotonic()
-        events = stream_then_sigterm(proc, url, max_tokens=4000)  # far longer than half a second
-        assert proc.wait(timeout=30) in STOPPED
-        assert time.monotonic() - started < 20
+        events = stream_then_sigterm(proc, url, max_tokens=4000)
+        assert proc.wait(timeout=60) in STOPPED
     finally:
         proc.kill()
     assert events[-1] == "[DONE]"
     assert events[-2]["error"]["type"] == "server_error"
     assert all("error" not in e for e in events[:-2])
+    assert sum(len(e["choices"][0]["text"]) for e in events[:-2]) < 4000  # cut, not run to its end
     with pytest.raises(httpx.TransportError):  # and nothing listens any more
         httpx.get(url + "/health", timeout=2)
 

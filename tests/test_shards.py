@@ -15,6 +15,7 @@ from support.paths import shakespeare_path
 from scratchlm.data import Corpus, TokenLoader, load_corpus, load_tokens, prepare, read_manifest, shards
 from scratchlm.errors import ScratchError
 from scratchlm.fileio import sha256_file
+from scratchlm.tokenizer import load_tokenizer, train_bpe
 
 
 def _docs_corpus(n: int = 40) -> Corpus:
@@ -149,22 +150,13 @@ def test_killed_prepare_leaves_nothing_complete(tmp_path):
     assert TokenLoader(existing, "train", 1, 4).num_tokens == 2 * len("earlier") + 1
 
 
-def _real_tokenizer_module():
-    try:
-        import scratchlm.tokenizer as tokenizer
-    except ImportError as e:  # the tokenizer stage is written in parallel; until it imports, say so
-        pytest.skip(f"scratchlm.tokenizer not importable yet: {e}")
-    return tokenizer
-
-
 def test_real_tokenizer_round_trip_and_exact_pieces(tmp_path, monkeypatch):
     """With the project's BPE: cutting documents into pieces gives exactly the tokens of the whole."""
-    tokenizer = _real_tokenizer_module()
     path = shakespeare_path()
     if path is None:
         pytest.skip("Tiny Shakespeare mirror absent (set SCRATCHLM_DATA to ../shared/data)")
     text = path.read_text(encoding="utf-8")[:60_000]
-    tok = tokenizer.train_bpe(text[:20_000], 300)
+    tok = train_bpe(text[:20_000], 300)
     tok.save(tmp_path / "tok")
     (tmp_path / "corpus.txt").write_text(text, encoding="utf-8")
     monkeypatch.setattr(shards, "PIECE_CHARS", 3000)  # many cuts, two worker processes
@@ -176,4 +168,4 @@ def test_real_tokenizer_round_trip_and_exact_pieces(tmp_path, monkeypatch):
     ids = load_tokens(tmp_path / "s", "train").tolist()
     assert ids == tok.encode_ordinary(train)
     assert tok.decode(ids) == train and tok.decode(load_tokens(tmp_path / "s", "val").tolist()) == val
-    assert m["tokenizer_fingerprint"] == tokenizer.load_tokenizer(tmp_path / "tok").fingerprint()
+    assert m["tokenizer_fingerprint"] == load_tokenizer(tmp_path / "tok").fingerprint()

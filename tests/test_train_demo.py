@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import re
+
 import pytest
 from support.paths import ROOT, shakespeare_path
 
@@ -26,7 +29,7 @@ def test_demo_trains_on_time_and_says_what_next(tmp_path, capsys):
             "--set",
             "logging.progress=false",
             "--set",
-            "logging.every=2",
+            "logging.every=1",
         ]
     )
     printed = capsys.readouterr().out
@@ -35,8 +38,15 @@ def test_demo_trains_on_time_and_says_what_next(tmp_path, capsys):
     assert f"scratchlm generate --ckpt {out / 'final'}" in printed and f"run folder:   {out}" in printed
     train = read_metrics(out / "metrics.jsonl", "train")
     evals = read_metrics(out / "metrics.jsonl", "eval")
-    assert train and train[-1]["elapsed_s"] < 10.0 + 5.0  # stops on the budget (a step is far below 5 s)
-    assert evals[-1]["val_loss"] < train[0]["loss"] and evals[-1]["sample"]
+    # It stops on the budget, told by the order of the clock's readings, not by how fast this machine is:
+    # every step but the last began (so the one before it ended) inside the 10 s, and the run ended past them.
+    steps, seconds = re.search(r"(\d+) steps in (\d+)s", printed).groups()
+    assert int(steps) == train[-1]["step"] == len(train) and int(seconds) >= 10
+    assert all(record["elapsed_s"] <= 10.0 for record in train[:-1])
+    # The final evaluation scores the last step. How far the loss falls in 10 s depends on the machine
+    # (8 steps on a busy 2-core box); that the recipe learns is test_pretrain_curve's, on a step budget.
+    assert evals[-1]["step"] == train[-1]["step"] and math.isfinite(evals[-1]["val_loss"])
+    assert evals[-1]["sample"]
     assert (out / "final" / "model.safetensors").is_file()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 
 import torch
 import uvicorn
@@ -47,3 +48,13 @@ def serving(app):
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:
+    """Poll `condition` until it holds. The timeout only stops a hang: a loaded machine is slow, not wrong,
+    so no test decides on how long this took."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting after {timeout:.0f} s")
+        time.sleep(0.005)
