@@ -23,13 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def without_wall(value):
-    if isinstance(value, dict):
-        return {k: without_wall(v) for k, v in value.items() if not k.endswith("wall_s")}
-    if isinstance(value, list):
-        return [without_wall(v) for v in value]
-    return value
+from scratchlm.speedrun.card import without_wall
 
 
 def command(preset: str, out: Path, extra: list[str]) -> list[str]:

@@ -16,18 +16,10 @@ import pytest
 
 from scratchlm.cli import main
 from scratchlm.speedrun import speedrun, stage_record
+from scratchlm.speedrun.card import without_wall
 from scratchlm.speedrun.recipe import load_recipe
 
 STAGES = ("tokenizer", "pretrain", "sft", "preferences", "reward", "ppo", "dpo", "grpo", "eval", "report")
-
-
-def without_wall(value):
-    """report.json with the wall-clock figures (every key ending in wall_s) set aside."""
-    if isinstance(value, dict):
-        return {k: without_wall(v) for k, v in value.items() if not k.endswith("wall_s")}
-    if isinstance(value, list):
-        return [without_wall(v) for v in value]
-    return value
 
 
 def ran(lines: list[str]) -> list[str]:

@@ -23,6 +23,16 @@ from scratchlm.train.run_dir import RunDir, resolve_model_dir
 TRAINING = ("pretrain", "sft", "reward", "ppo", "dpo", "grpo")
 
 
+def without_wall(value):
+    """A report card with its wall-clock figures (every key ending in `wall_s`) set aside: what two runs of
+    one recipe and seed must agree on."""
+    if isinstance(value, dict):
+        return {k: without_wall(v) for k, v in value.items() if not k.endswith("wall_s")}
+    if isinstance(value, list):
+        return [without_wall(v) for v in value]
+    return value
+
+
 def _flops_per_token(model_dir: Path) -> tuple[float, int]:
     """(training FLOPs per token, parameters) of a model folder, without allocating its weights."""
     config = ModelConfig(**json.loads((model_dir / "config.json").read_text(encoding="utf-8")))
