@@ -41,6 +41,8 @@ def fixture_for_this_cpu() -> Path:
             f"no recorded curve for a {capability} CPU: record one with the fixture's command at abf7166"
         )
     return FIXTURES[capability]
+
+
 COMMAND = (
     "pretrain --config shakespeare-char --out {out} --set budget.max_steps=120 --set budget.max_time= "
     "--set logging.every=1 --set eval.every=0 --set eval.sample_tokens=0 --set data.short_context_until=0.5 "
