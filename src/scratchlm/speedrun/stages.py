@@ -94,12 +94,11 @@ def _wire_sft(section: dict, recipe: Recipe, root: Path) -> dict:
     """The run's chat files replace the SFT recipe's (`chat` is their one place in a speedrun); each takes
     the weight the recipe gave its first file (1.0 if none), the tasks keep theirs."""
     data = section.setdefault("data", {})
-    tasks, files, weights = list(data.get("tasks") or []), list(data.get("files") or []), data.get("weights")
+    tasks, weights = list(data.get("tasks") or []), data.get("weights")
     if weights:
         file_weight = float(weights[len(tasks)]) if len(weights) > len(tasks) else 1.0
         data["weights"] = [float(w) for w in weights[: len(tasks)]] + [file_weight] * len(recipe.chat)
     data["files"] = list(recipe.chat)
-    del files
     section.update(base=str(root / "pretrain"), seed=recipe.seed)
     return section
 
